@@ -1,0 +1,151 @@
+"""The Python API: ``sqcc.compile(model, target=..., passes=[...])`` → :class:`~sqcc.package.Package`."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .errors import SqccError
+from .package import FORMAT, FORMAT_VERSION, Package
+
+
+@dataclass
+class Tuning:
+    """MetaSchedule tuning: ``trials`` > 0 tunes (appending to ``records``); ``records`` alone applies
+    an existing database."""
+
+    trials: int = 0
+    records: str | None = None
+    max_trials_per_task: int | None = None
+
+
+def _progress(verbose):
+    t0 = time.perf_counter()
+
+    def say(msg):
+        if verbose:
+            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def compile(model, target: str = "host", passes=(), input_shapes=None, calibration=None,
+            budget=None, tuning: Tuning | None = None, eval_images=None, check: bool = True,
+            dump_ir=None, force: bool = False, progress=False, calibration_limit: int = 32) -> Package:
+    """Import, rewrite, build and check ``model``; returns a runnable, exportable Package.
+
+    ``model``: a known name (``"squeezenet1.1"``), a .onnx/.tflite path, or an onnx.ModelProto.
+    ``passes``: specs like ``"lowrank:scheme=spatial,energy=0.9"``. ``calibration``: a folder of
+    images for data-aware fitting. ``budget``: ``"macs=0.7"`` or ``{"macs": 0.7}``. ``eval_images``:
+    a labelled folder to measure accuracy and agreement on. ``check``: compare with the original
+    model (onnxruntime / LiteRT) on random inputs.
+    """
+    import tvm
+
+    from . import frontend, layers
+    from . import passes as passes_mod
+    from .frontend import random_inputs
+    from .pipeline import run_passes
+    from .targets import resolve
+
+    say = progress if callable(progress) else _progress(progress)
+    spec = resolve(target)
+    say(f"importing {model if isinstance(model, str) else 'model'}")
+    m = frontend.load(model, input_shapes)
+    before = layers.layers(m.mod)
+    report = {"model": m.name, "before": {"layers": [l.to_json() for l in before],
+                                          "totals": layers.totals(before)}}
+    pass_specs = [passes] if isinstance(passes, str) else list(passes or [])
+    ctx = passes_mod.PassContext(force=force)
+    calib_feeds = None
+    if calibration is not None:
+        from .calibrate import calibration_feeds, collect_activations
+
+        say(f"calibrating on {calibration}")
+        calib_feeds = calibration_feeds(m, calibration, limit=calibration_limit)
+    if budget is not None:
+        from .budget import plan_budget
+
+        say(f"allocating budget {budget}")
+        plan = plan_budget(m, budget, calib_feeds, progress=say)
+        pass_specs = list(plan.pass_specs) + pass_specs
+        report["budget"] = plan.to_json()
+    pass_objs = [passes_mod.create(s, ctx) for s in pass_specs]  # validate all before any work
+    if pass_specs and calib_feeds is not None:
+        ctx.activations = collect_activations(m.mod, calib_feeds, progress=say)
+    mod = run_passes(m.mod, pass_objs, pass_specs, dump_ir, say) if pass_specs else m.mod
+    after = layers.layers(mod)
+    report["after"] = {"layers": [l.to_json() for l in after], "totals": layers.totals(after)}
+    report["passes"] = [r.to_json() for r in ctx.records]
+
+    from .build import build
+
+    records = tuning.records if tuning else None
+    if tuning and tuning.trials > 0:
+        from .schedules import tune
+
+        say(f"tuning {tuning.trials} trials → {tuning.records}")
+        tune(mod, spec.tvm(), trials=tuning.trials, records_path=tuning.records,
+             max_trials_per_task=tuning.max_trials_per_task)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": {"name": m.name, "format": m.format, "sha256": m.sha256, "path": m.path},
+        "target": {"name": spec.name, "family": spec.family, "preset": spec.preset,
+                   "tvm": str(spec.tvm()), "description": spec.description},
+        "passes": [{"spec": s} for s in pass_specs],
+        "inputs": [s.to_json() for s in m.inputs], "outputs": [s.to_json() for s in m.outputs],
+        "preprocess": m.preprocess.to_json() if m.preprocess else None,
+        "quant": m.quant,
+        "versions": {"sqcc": __version__, "tvm": tvm.__version__, "python": sys.version.split()[0]},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    say(f"building for {spec.name} ({spec.description})")
+    t0 = time.perf_counter()
+    if spec.family == "micro":
+        import tempfile
+
+        from .package import MicroPackage
+        from .targets.micro import compile_micro
+
+        owned = tempfile.TemporaryDirectory(prefix="sqcc-micro-")
+        out_dir = Path(owned.name) / "build"
+        report["micro"] = compile_micro(mod, m.inputs, m.outputs, spec.preset, str(out_dir))
+        report["build"] = {"seconds": time.perf_counter() - t0, "target": spec.name}
+        pkg = MicroPackage(out_dir, manifest, report, source=m.source, owned=owned)
+        if check:
+            _check(pkg, m, [random_inputs(m, seed=0)], report, eval_images=None, say=say)
+        return pkg
+    try:
+        ex = build(mod, spec.tvm(), tuning_records=records)
+    except SqccError:
+        raise
+    except Exception as e:
+        raise SqccError(f"build for {spec.name} failed: {str(e).strip().splitlines()[-1]}") from e
+    report["build"] = {"seconds": time.perf_counter() - t0, "target": spec.name,
+                       "tvm_target": str(spec.tvm()), "tuning_records": records}
+    pkg = Package(ex, manifest, report, source=m.source)
+    if check and spec.runs_locally:
+        feeds = [random_inputs(m, seed=s) for s in range(2)] + list(calib_feeds or [])[:8]
+        _check(pkg, m, feeds, report, eval_images, say)
+    return pkg
+
+
+def _check(pkg, m, feeds, report, eval_images, say):
+    """Fidelity against the original model (and accuracy on labelled images) into the report."""
+    from .fidelity import compare_on_inputs, evaluate_images, reference_for_package
+
+    say("checking against the original model")
+    ref = reference_for_package(pkg)
+    run = lambda feed: _as_list(pkg.run(feed))  # noqa: E731
+    report["fidelity"] = {"reference": ref.name, **compare_on_inputs(run, ref, feeds)}
+    if eval_images is not None:
+        say(f"evaluating on {eval_images}")
+        q = (m.quant or {}).get("inputs", [None])[0]
+        report["evaluation"] = {"reference": ref.name, **evaluate_images(
+            run, ref, eval_images, m.preprocess, m.inputs[0], q, progress=say)}
+
+
+def _as_list(x):
+    return x if isinstance(x, list) else [x]

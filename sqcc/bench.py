@@ -1,0 +1,153 @@
+"""Latency: median/min/max of ≥30 timed runs after warm-up, with the peer runtime (onnxruntime, or
+LiteRT for TFLite models) timed in the same run with the same thread count, reported as a ratio.
+
+The TVM thread pool reads ``TVM_NUM_THREADS`` once, when it starts; to time another thread count the
+measurement runs in a fresh process (``python -m sqcc.bench PACKAGE --threads N --json``), so every
+figure is taken with exactly the threads it states.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SqccError
+
+
+def _stats(times_s: list[float]) -> dict:
+    ms = [t * 1e3 for t in times_s]
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "runs": len(ms)}
+
+
+def time_vm(vm, arrs, repeat: int, warmup: int) -> dict:
+    import tvm
+
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in arrs]
+    for _ in range(warmup):
+        vm["main"](*args)
+    res = vm.time_evaluator("main", dev, number=1, repeat=repeat)(*args)
+    return _stats(list(res.results))
+
+
+def time_callable(fn, repeat: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return _stats(times)
+
+
+def benchmark_package(pkg, threads=None, repeat=50, warmup=5, compare=None, inputs=None) -> dict:
+    from .targets import host
+
+    if repeat < 30:
+        raise SqccError(f"--repeat {repeat}: at least 30 timed runs are needed for a median")
+    if threads is not None and threads < 1:
+        raise SqccError(f"--threads {threads}: must be at least 1")
+    env_threads = os.environ.get("TVM_NUM_THREADS")
+    if threads is not None and str(threads) != env_threads:
+        return _in_subprocess(pkg, threads, repeat, warmup, compare)
+    n_threads = int(env_threads) if env_threads else host.detect().cores
+    if not env_threads:
+        os.environ["TVM_NUM_THREADS"] = str(n_threads)
+    rng = np.random.default_rng(0)
+    if inputs is None:
+        arrs = []
+        for s in pkg.inputs:
+            if s.dtype.startswith("float"):
+                arrs.append(rng.random(s.shape, dtype=np.float32).astype(s.dtype))
+            else:
+                info = np.iinfo(s.dtype)
+                arrs.append(rng.integers(info.min, info.max + 1, s.shape).astype(s.dtype))
+    else:
+        arrs = pkg._as_inputs(inputs)
+    cpu = host.detect()
+    result = {"model": pkg.manifest["model"]["name"], "target": pkg.target, "threads": n_threads,
+              "device": f"{cpu.model} ({cpu.mcpu}, {cpu.cores} cores, {'+'.join(cpu.features)})",
+              "passes": [p["spec"] for p in pkg.manifest.get("passes", [])],
+              "batch": int(pkg.inputs[0].shape[0]) if pkg.inputs and pkg.inputs[0].shape else 1,
+              "sqcc": time_vm(pkg.vm, arrs, repeat, warmup)}
+    macs = (pkg.report.get("after") or pkg.report.get("before") or {}).get("totals", {}).get("macs")
+    if macs:
+        result["gflops"] = 2 * macs / (result["sqcc"]["median_ms"] * 1e-3) / 1e9
+        peak = cpu.peak_gflops(n_threads)
+        if peak:
+            result["peak_gflops"] = peak
+    if compare:
+        if compare not in ("onnxruntime", "ort", "reference", "litert"):
+            raise SqccError(f"--compare {compare}: only onnxruntime (or litert for TFLite models) is supported")
+        if pkg.source is None:
+            raise SqccError("this package does not contain its source model; cannot compare")
+        from .fidelity import reference_for_package
+
+        ref = reference_for_package(pkg, threads=n_threads)
+        feed = {s.name: a for s, a in zip(pkg.inputs, arrs)}
+        result["peer"] = {"name": ref.name, **time_callable(lambda: ref.run(feed), repeat, warmup)}
+        result["ratio"] = result["sqcc"]["median_ms"] / result["peer"]["median_ms"]
+    return result
+
+
+def _in_subprocess(pkg, threads, repeat, warmup, compare) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        path = pkg.export(Path(d) / "bench.tar") if not getattr(pkg, "path", None) else pkg.path
+        env = dict(os.environ, TVM_NUM_THREADS=str(threads))
+        cmd = [sys.executable, "-m", "sqcc.bench", str(path), "--repeat", str(repeat), "--warmup",
+               str(warmup), "--json"] + (["--compare", compare] if compare else [])
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SqccError(f"benchmark with {threads} thread(s) failed: {p.stderr.strip().splitlines()[-1:]}")
+        return json.loads(p.stdout)
+
+
+def format_result(r: dict) -> str:
+    s = r["sqcc"]
+    lines = [f"model {r['model']}  target {r['target']}  threads {r['threads']}  batch {r['batch']}",
+             f"device {r['device']}",
+             f"sqcc         median {s['median_ms']:8.3f} ms   min {s['min_ms']:8.3f}   max {s['max_ms']:8.3f}"
+             f"   ({s['runs']} runs)"]
+    if "peer" in r:
+        p = r["peer"]
+        lines.append(f"{p['name']:<12} median {p['median_ms']:8.3f} ms   min {p['min_ms']:8.3f}   "
+                     f"max {p['max_ms']:8.3f}   ({p['runs']} runs, same process)")
+        lines.append(f"ratio sqcc/{p['name']}: {r['ratio']:.2f}x "
+                     f"({'slower' if r['ratio'] > 1 else 'faster'})")
+    if "gflops" in r:
+        peak = f" of {r['peak_gflops']:.0f} peak fp32 ({100 * r['gflops'] / r['peak_gflops']:.1f}%)" \
+            if r.get("peak_gflops") else ""
+        lines.append(f"achieved {r['gflops']:.1f} GFLOP/s{peak}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m sqcc.bench")
+    ap.add_argument("package")
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--compare")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    from .package import load
+
+    try:
+        r = benchmark_package(load(a.package), repeat=a.repeat, warmup=a.warmup, compare=a.compare)
+    except SqccError as e:
+        print(f"sqcc: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(r) if a.json else format_result(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,465 @@
+"""``sqcc`` — the command line, in the spirit of tvmc.
+
+    sqcc inspect squeezenet1.1
+    sqcc compile squeezenet1.1 -o sq.tar [--target host] [--pass lowrank:energy=0.9 ...]
+    sqcc run sq.tar --image cat.jpg --print-top 5
+    sqcc bench sq.tar --compare onnxruntime --threads 2
+    sqcc passes
+
+Every error a user can cause is one line on stderr and a non-zero exit (2); ``-v`` adds detail.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_USER = 2
+
+
+def _fmt_int(n) -> str:
+    return f"{n:,}"
+
+
+def _fmt_shape(s) -> str:
+    return "x".join(str(d) for d in s) if s else "-"
+
+
+def _say(args):
+    t0 = time.perf_counter()
+
+    def say(msg):
+        if not getattr(args, "quiet", False):
+            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+# ---------------------------------------------------------------------------------------- inspect
+
+def layer_table(layer_dicts, totals) -> str:
+    rows = [("layer", "op", "in", "out", "params", "MACs", "weight bytes", "fused")]
+    for l in layer_dicts:
+        op = l["op"].replace("relax.nn.", "").replace("relax.", "")
+        if l.get("attrs", {}).get("kernel"):
+            a = l["attrs"]
+            op += f" {a['kernel'][0]}x{a['kernel'][1]}"
+            if a["strides"] != [1, 1]:
+                op += f"/s{a['strides'][0]}"
+            if a["groups"] > 1:
+                op += f" g{a['groups']}"
+        rows.append((l["name"], op, _fmt_shape(l["in_shape"]), _fmt_shape(l["out_shape"]),
+                     _fmt_int(l["params"]), _fmt_int(l["macs"]), _fmt_int(l["weight_bytes"]),
+                     "+".join(l.get("fused", []))))
+    rows.append(("total", f"{totals['layers']} layers", "", "", _fmt_int(totals["params"]),
+                 _fmt_int(totals["macs"]), _fmt_int(totals["weight_bytes"]), ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {4, 5, 6}
+    out = []
+    for k, r in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        out.append("  ".join(cells).rstrip())
+        if k == 0 or k == len(rows) - 2:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def cmd_inspect(args):
+    from . import frontend, layers
+    from .package import load
+
+    p = Path(args.model)
+    if p.suffix == ".tar" and p.is_file():
+        pkg = load(p)
+        stage = pkg.report.get("after") or pkg.report.get("before")
+        if args.json:
+            print(json.dumps({"manifest": pkg.manifest, "report": pkg.report}, indent=1))
+            return 0
+        m = pkg.manifest
+        print(f"package {p}: model {m['model']['name']} ({m['model']['format']}, sha256 "
+              f"{m['model']['sha256'][:12]}), target {m['target']['name']}, "
+              f"passes: {', '.join(x['spec'] for x in m['passes']) or 'none'}")
+        print(layer_table(stage["layers"], stage["totals"]))
+        return 0
+    m = frontend.load(args.model, args.input_shape)
+    ls = layers.layers(m.mod)
+    tot = layers.totals(ls)
+    if args.json:
+        print(json.dumps({"model": m.name, "format": m.format, "sha256": m.sha256,
+                          "inputs": [s.to_json() for s in m.inputs], "outputs": [s.to_json() for s in m.outputs],
+                          "layers": [l.to_json() for l in ls], "totals": tot}, indent=1))
+        return 0
+    ins = ", ".join(f"{s.name} {_fmt_shape(s.shape)} {s.dtype}" for s in m.inputs)
+    outs = ", ".join(f"{s.name} {_fmt_shape(s.shape)} {s.dtype}" for s in m.outputs)
+    print(f"model {m.name} ({m.format}, {len(m.source):,} bytes, sha256 {m.sha256[:12]})")
+    print(f"inputs: {ins}\noutputs: {outs}")
+    print(layer_table([l.to_json() for l in ls], tot))
+    print(f"totals: {tot['params'] / 1e6:.3f} M params, {tot['macs'] / 1e9:.3f} GMAC, "
+          f"{tot['weight_bytes'] / 1e6:.2f} MB of weights, {tot['conv_layers']} conv layers")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- compile
+
+def cmd_compile(args):
+    from . import api
+    from .fidelity import format_fidelity
+
+    from .errors import SqccError
+
+    say = _say(args)
+    micro = (args.target or "").startswith("micro")
+    out = Path(args.output or (f"{Path(str(args.model)).stem}_{args.target.split(':')[-1]}" if micro
+                               else f"{Path(str(args.model)).stem}.tar"))
+    if not micro and out.exists() and out.is_dir():
+        raise SqccError(f"-o {out}: is a directory; give a .tar file name")
+    if micro and out.exists() and not out.is_dir():
+        raise SqccError(f"-o {out}: exists and is not a directory (a micro build is a directory)")
+    budget = None
+    if args.budget:
+        budget = _parse_budget(args.budget)
+    tuning = api.Tuning(records=args.tuning_records) if args.tuning_records else None
+    if tuning and not Path(tuning.records).is_file():
+        from .errors import SqccError
+
+        raise SqccError(f"--tuning-records {tuning.records}: no such file")
+    pkg = api.compile(args.model, target=args.target, passes=args.passes or [],
+                      input_shapes=args.input_shape, calibration=args.calibration, budget=budget,
+                      tuning=tuning, eval_images=args.eval_images, check=not args.no_check,
+                      dump_ir=args.dump_ir, force=args.force, progress=say)
+    say(f"writing {out}")
+    pkg.export(out)
+    r = pkg.report
+    b, a = r["before"]["totals"], r["after"]["totals"]
+    size = f"{out.stat().st_size:,} bytes" if out.is_file() else "directory"
+    print(f"compiled {pkg.manifest['model']['name']} for {pkg.target} → {out} "
+          f"({size}, build {r['build']['seconds']:.1f} s)")
+    if "micro" in r:
+        print(_micro_summary(r["micro"]))
+    if pkg.manifest["passes"]:
+        _print_pass_report(r)
+        print(f"model: MACs {_fmt_int(b['macs'])} → {_fmt_int(a['macs'])} ({a['macs'] / b['macs']:.3f}x), "
+              f"params {_fmt_int(b['params'])} → {_fmt_int(a['params'])} ({a['params'] / b['params']:.3f}x), "
+              f"weight bytes {_fmt_int(b['weight_bytes'])} → {_fmt_int(a['weight_bytes'])}")
+    else:
+        print(f"model: {a['layers']} layers, {a['params'] / 1e6:.3f} M params, {a['macs'] / 1e9:.3f} GMAC")
+    if "fidelity" in r:
+        print("fidelity " + format_fidelity(r["fidelity"], r["fidelity"]["reference"]))
+    if "evaluation" in r:
+        print(f"evaluation on {r['evaluation']['folder']} " +
+              format_fidelity(r["evaluation"], r["evaluation"]["reference"]))
+    return 0
+
+
+def _micro_summary(mc: dict) -> str:
+    def pick(*keys):
+        for k in keys:
+            if k in mc and mc[k] is not None:
+                return mc[k]
+        return None
+
+    parts = []
+    for label, keys in [("flash", ("flash_bytes", "flash")), ("RAM", ("ram_bytes", "ram")),
+                        ("arena", ("arena_bytes", "arena")), ("instructions", ("instructions",))]:
+        v = pick(*keys)
+        if isinstance(v, dict):
+            v = v.get("total", v.get("bytes"))
+        if v is not None:
+            parts.append(f"{label} {v:,}" + (" B" if label != "instructions" else ""))
+    return "micro: " + ", ".join(parts)
+
+
+def _print_pass_report(r):
+    recs = r.get("passes") or []
+    if not recs:
+        return
+    rows = [("layer", "technique", "applied", "detail", "params", "MACs", "w.err", "out.err")]
+    for x in recs:
+        rows.append((x["layer"], x["technique"], "yes" if x["applied"] else "no", x["detail"],
+                     f"{_fmt_int(x['params_before'])}→{_fmt_int(x['params_after'])}",
+                     f"{_fmt_int(x['macs_before'])}→{_fmt_int(x['macs_after'])}",
+                     "-" if x["weight_error"] is None else f"{x['weight_error']:.3g}",
+                     "-" if x["output_error"] is None else f"{x['output_error']:.3g}"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _parse_budget(text):
+    from .errors import SqccError
+
+    out = {}
+    for item in text.split(","):
+        k, _, v = item.partition("=")
+        if k not in ("macs", "params") or not v:
+            raise SqccError(f"--budget {text}: expected macs=F or params=F with F a fraction in (0, 1]")
+        try:
+            f = float(v)
+        except ValueError:
+            raise SqccError(f"--budget {text}: '{v}' is not a number") from None
+        if not 0 < f <= 1:
+            raise SqccError(f"--budget {text}: the fraction must be in (0, 1]")
+        out[k] = f
+    return out
+
+
+# -------------------------------------------------------------------------------------------- run
+
+def _read_tensor(path, spec):
+    import numpy as np
+
+    from .errors import SqccError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SqccError(f"--input {p}: no such file")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif p.suffix == ".pb":
+            import onnx
+            from onnx import numpy_helper
+
+            t = onnx.TensorProto()
+            t.ParseFromString(p.read_bytes())
+            arr = numpy_helper.to_array(t)
+        else:
+            raise SqccError(f"--input {p}: expected a .npy file or an ONNX TensorProto .pb")
+    except SqccError:
+        raise
+    except Exception as e:
+        raise SqccError(f"--input {p}: cannot read tensor ({e.__class__.__name__})") from None
+    if tuple(arr.shape) != tuple(spec.shape):
+        raise SqccError(f"--input {p}: shape {list(arr.shape)}, the model input '{spec.name}' is {list(spec.shape)}")
+    return arr.astype(spec.dtype)
+
+
+def cmd_run(args):
+    import numpy as np
+
+    from .errors import SqccError
+    from .package import load_any
+    from .preprocess import imagenet_classes, load_image
+
+    pkg = load_any(args.package)
+    spec = pkg.inputs[0]
+    if args.image and args.input:
+        raise SqccError("give --image or --input, not both")
+    if args.image:
+        pre = pkg.preprocess
+        if pre is None:
+            raise SqccError(f"{args.package}: the model has no preprocessing recipe; use --input FILE.npy")
+        q = (pkg.manifest.get("quant") or {}).get("inputs", [None])[0]
+        x = load_image(args.image, pre, spec.dtype, q)
+    elif args.input:
+        x = _read_tensor(args.input, spec)
+    else:
+        raise SqccError("nothing to run: give --image FILE or --input FILE.npy/.pb")
+    t0 = time.perf_counter()
+    out = pkg.run(x)
+    dt = (time.perf_counter() - t0) * 1e3
+    outs = out if isinstance(out, list) else [out]
+    if args.output:
+        np.save(args.output, outs[0])
+    logits = np.asarray(outs[0]).reshape(-1)
+    pre = pkg.preprocess
+    offset = pre.class_offset if pre else 0
+    names = None
+    if pre and pre.labels == "imagenet":
+        names = imagenet_classes()
+    else:
+        from .models import LABELS
+
+        names = LABELS.get(pre.labels) if pre else None
+    from .package import MicroPackage
+
+    if isinstance(pkg, MicroPackage) and pkg.source is not None:
+        # The ELF ran under emulation: say how far it is from the original model on the host.
+        from .fidelity import output_errors, reference_for_package
+
+        ref = reference_for_package(pkg).run({spec.name: x})[0]
+        e = output_errors(outs[0], ref)
+        print(f"checked against {reference_for_package(pkg).name} on the host: max abs err {e['max_abs']:.3g}, "
+              f"max rel err {e['max_rel']:.3g}")
+    k = min(args.print_top, logits.size)
+    order = np.argsort(-logits.astype(np.float64), kind="stable")[:k]
+    print(f"{pkg.manifest['model']['name']} on {pkg.target}: output {outs[0].shape} {outs[0].dtype} "
+          f"({dt:.1f} ms, first run)")
+    for rank, i in enumerate(order, 1):
+        cls = int(i) - offset
+        label = names[cls] if names and 0 <= cls < len(names) else ("background" if cls < 0 else "")
+        print(f"{rank}. class {cls:4d}  score {float(logits[i]):9.4f}  {label}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ bench
+
+def cmd_bench(args):
+    from .bench import benchmark_package, format_result
+    from .package import MicroPackage, load_any
+
+    pkg = load_any(args.package)
+    if isinstance(pkg, MicroPackage):
+        r = pkg.benchmark()
+        if args.json:
+            print(json.dumps(r, indent=1))
+        else:
+            print(f"{pkg.manifest['model']['name']} on {pkg.target} (qemu-system-arm, deterministic)")
+            for k, v in r.items():
+                print(f"  {k}: {v:,}" if isinstance(v, int) else f"  {k}: {v}")
+        return 0
+    say = _say(args)
+    say(f"timing {args.repeat} runs after {args.warmup} warm-up"
+        + (f", then {args.compare} in the same run" if args.compare else ""))
+    r = benchmark_package(pkg, threads=args.threads, repeat=args.repeat, warmup=args.warmup,
+                          compare=args.compare)
+    print(json.dumps(r, indent=1) if args.json else format_result(r))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- passes
+
+def cmd_passes(args):
+    from . import passes
+
+    infos = passes.available()
+    if args.json:
+        print(json.dumps({n: {"summary": i.summary, "params": [
+            {"name": p.name, "type": getattr(p.type, "__name__", str(p.type)), "default": p.default,
+             "doc": p.doc, "choices": list(p.choices)} for p in i.params]} for n, i in infos.items()},
+            indent=1, default=str))
+        return 0
+    if not infos:
+        print("no passes registered")
+        return 0
+    for name, info in infos.items():
+        print(f"{name:<10} {info.summary}")
+        for p in info.params:
+            ch = f" ({'|'.join(p.choices)})" if p.choices else ""
+            print(f"    {p.name}={p.default!s:<8} {p.doc}{ch}")
+    return 0
+
+
+def cmd_targets(args):
+    from .targets import FAMILIES, resolve
+
+    for fam in sorted(FAMILIES):
+        s = resolve(fam)
+        print(f"{s.name:<12} {s.description}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="sqcc", description="compression compiler for trained CNNs on TVM")
+    ap.add_argument("--version", action="version", version=f"sqcc {_version()}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    def common(p):
+        p.add_argument("-v", "--verbose", action="store_true", help="show details (tracebacks) on error")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+
+    p = sub.add_parser("inspect", help="per-layer table of a model or a package")
+    p.add_argument("model", help="model name, .onnx/.tflite path, or package .tar")
+    p.add_argument("--size", action="store_true", help="bytes per layer under Deep Compression encodings")
+    p.add_argument("--input-shape", help="NAME:D1,D2,... (repeat with ;)")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compile", help="import, rewrite, build, check; write a package")
+    p.add_argument("model", help="model name (e.g. squeezenet1.1) or .onnx/.tflite path")
+    p.add_argument("-o", "--output", help="package path (.tar)")
+    p.add_argument("--target", default="host", help="host | arm_cpu:PRESET | cuda:SM | micro:CORE")
+    p.add_argument("--pass", dest="passes", action="append", metavar="NAME[:k=v,...]",
+                   help="a rewrite pass (repeatable; see 'sqcc passes')")
+    p.add_argument("--input-shape", help="NAME:D1,D2,... overrides the model's input shape")
+    p.add_argument("--calibration", metavar="DIR", help="images for data-aware fitting / calibration")
+    p.add_argument("--budget", metavar="macs=F|params=F", help="allocate rewrites to meet a budget")
+    p.add_argument("--eval-images", metavar="DIR", help="labelled images: report accuracy and agreement")
+    p.add_argument("--tuning-records", metavar="FILE", help="apply a tuning database")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after every phase")
+    p.add_argument("--force", action="store_true", help="rewrite layers even when MACs do not drop")
+    p.add_argument("--no-check", action="store_true", help="skip the comparison with the original model")
+    common(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run a package on an image or a tensor")
+    p.add_argument("package")
+    p.add_argument("--image")
+    p.add_argument("--input", help=".npy or ONNX TensorProto .pb")
+    p.add_argument("--output", help="save the first output as .npy")
+    p.add_argument("--print-top", type=int, default=5)
+    common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="latency: median/min/max, and the peer in the same run")
+    p.add_argument("package")
+    p.add_argument("--compare", metavar="onnxruntime", help="time the original model in onnxruntime too")
+    p.add_argument("--threads", type=int, help="threads for sqcc and the peer (default: all cores)")
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("passes", help="list the rewrite passes and their parameters")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_passes)
+
+    p = sub.add_parser("targets", help="list targets and presets")
+    common(p)
+    p.set_defaults(func=cmd_targets)
+    return ap
+
+
+def _version():
+    from . import __version__
+
+    return __version__
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return EXIT_USER
+    if getattr(args, "threads", None):
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from .errors import SqccError
+
+    try:
+        return args.func(args) or 0
+    except SqccError as e:
+        print(f"sqcc: error: {e}", file=sys.stderr)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exception(e)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("sqcc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug in sqcc: still one line unless -v
+        msg = str(e).strip().splitlines()
+        print(f"sqcc: internal error: {type(e).__name__}: {msg[-1] if msg else ''} (run with -v for details)",
+              file=sys.stderr)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exception(e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

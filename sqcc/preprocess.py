@@ -1,0 +1,99 @@
+"""Images → input tensors, by a model's :class:`~sqcc.models.Preprocess` recipe, and labelled folders.
+
+A labelled folder has the layout of ``shared/data/imagenet-sample``: images plus ``labels.json``
+mapping file name → class index.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SqccError
+from .models import Preprocess
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
+
+
+def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None = None) -> np.ndarray:
+    """Decode ``path`` and return a batch-1 tensor in the model's layout and dtype."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = im.convert("L" if pre.mode in ("grey", "int8_bytes") or pre.size == (28, 28) else "RGB")
+    except FileNotFoundError:
+        raise SqccError(f"{path}: no such image") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise SqccError(f"{path}: cannot decode image ({e.__class__.__name__})") from None
+    h, w = pre.size
+    if img.size != (w, h):
+        # Resize the short side, then centre-crop (the torchvision/TF-slim evaluation recipe).
+        scale = pre.resize / min(img.size)
+        nw, nh = max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))
+        img = img.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - w) // 2, (nh - h) // 2
+        img = img.crop((left, top, left + w, top + h))
+    if pre.mode == "int8_bytes":
+        x = np.asarray(img, dtype=np.uint8).view(np.int8)[:, :, None].astype(dtype)
+        return (x.transpose(2, 0, 1) if pre.layout == "NCHW" else x)[None]
+    x = np.asarray(img, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if pre.mode == "torch":
+        x = (x / 255.0 - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    elif pre.mode == "tf":
+        x = x / 127.5 - 1.0
+    elif pre.mode in ("raw", "grey"):
+        pass
+    else:
+        raise SqccError(f"unknown preprocessing mode '{pre.mode}'")
+    if dtype in ("int8", "uint8"):
+        if quant and pre.mode in ("raw", "grey"):
+            # Pixels as reals in [0, 1], quantised with the model's input scale and zero point
+            # (person_detect: scale 1/255, zero point -128, i.e. TFLite Micro's pixel - 128).
+            x = np.round(x / 255.0 / quant["scale"] + quant["zero_point"])
+        elif quant:
+            x = np.round(x / quant["scale"] + quant["zero_point"])
+        elif dtype == "int8":
+            x = x - 128
+        info = np.iinfo(dtype)
+        x = np.clip(x, info.min, info.max)
+    x = x.astype(dtype)
+    if pre.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return x[None]
+
+
+def list_images(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SqccError(f"{folder}: not a directory of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SqccError(f"{folder}: contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def load_labels(folder) -> dict[str, int] | None:
+    f = Path(folder) / "labels.json"
+    if not f.is_file():
+        return None
+    try:
+        labels = json.loads(f.read_text())
+        return {str(k): int(v) for k, v in labels.items()}
+    except (ValueError, AttributeError, TypeError) as e:
+        raise SqccError(f"{f}: not a JSON object mapping file name to class index ({e})") from None
+
+
+def imagenet_classes() -> list[str] | None:
+    from .models import shared_models_dir
+
+    d = shared_models_dir()
+    for cand in ([d.parent / "data" / "imagenet_classes.json"] if d else []):
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    return None
