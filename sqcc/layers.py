@@ -37,6 +37,7 @@ ACTIVATIONS = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.nn.silu", 
                "relax.nn.gelu", "relax.nn.leakyrelu", "relax.nn.relu6"}
 # Importers that emit an activation as an already-legalized TIR kernel (ONNX Clip → maximum, minimum).
 TIR_ACTIVATIONS = {"maximum", "minimum", "clip", "relu", "relu6"}
+QDQ_OPS = {"relax.quantize", "relax.dequantize"}
 BIAS_OPS = {"relax.add", "relax.subtract", "relax.multiply"}
 
 
@@ -212,6 +213,14 @@ def layer_graph(mod) -> nx.DiGraph:
         src_layer = g.nodes[src]["layer"]
         single = len(acts) == 1 and g.out_degree(src) == 0 and src_layer.op in WEIGHTED + (
             "relax.nn.max_pool2d", "relax.concat", "relax.nn.avg_pool2d")
+        if (op in QDQ_OPS and len(acts) == 1 and src_layer.op != "input"
+                and g.out_degree(src) == 0):
+            # quantize/dequantize of activations belong to the layer they wrap (int8 models)
+            tag = op.split(".")[-1]
+            if not src_layer.fused or src_layer.fused[-1] != tag:
+                src_layer.fused.append(tag)
+            owner[v] = src
+            continue
         act = op in ACTIVATIONS or (op or "").split(":")[-1].rstrip("0123456789_") in TIR_ACTIVATIONS
         if single and (act or (op in BIAS_OPS and any(infos))):
             # bias add / activation fused into the producing layer; an activation's scalar bounds

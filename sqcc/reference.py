@@ -1,0 +1,115 @@
+"""Reference runtimes: run a model's *original* file the way its framework would.
+
+``reference_session(model)`` gives onnxruntime (CPU, sequential) for ONNX models and LiteRT
+(``ai_edge_litert``, the TFLite interpreter with its default XNNPACK delegate) for TFLite models.
+Both run ``model.source`` — the bytes the user gave — so they check sqcc's import and every later
+rewrite against the framework, not against sqcc itself. A TFLite file is first passed through
+:func:`sqcc.tflite_frontend.normalize_tflite` (LiteRT rejects the out-of-range
+``quantized_dimension`` of TFLite Micro models; the fix changes nothing else).
+
+    sess = reference_session(model, threads=2)
+    outs = sess.run({"data": x})      # list of np.ndarray, in model.outputs order
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import SqccError
+
+
+def _check_inputs(model, inputs: dict) -> dict:
+    names = [s.name for s in model.inputs]
+    missing = [n for n in names if n not in inputs]
+    extra = [n for n in inputs if n not in names]
+    if missing or extra:
+        raise SqccError(f"{model.name}: reference run needs inputs {', '.join(names)}; "
+                        f"missing {', '.join(missing) or '-'}, unknown {', '.join(extra) or '-'}")
+    out = {}
+    for spec in model.inputs:
+        x = np.asarray(inputs[spec.name])
+        if tuple(x.shape) != tuple(spec.shape):
+            raise SqccError(f"{model.name}: input '{spec.name}' has shape {list(x.shape)}, the model "
+                            f"expects {list(spec.shape)}")
+        out[spec.name] = np.ascontiguousarray(x, dtype=spec.dtype)
+    return out
+
+
+class OnnxRuntimeSession:
+    """onnxruntime CPUExecutionProvider; ``threads`` intra-op threads, 1 inter-op, sequential."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.model = model
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self.sess = ort.InferenceSession(model.source, sess_options=opts,
+                                             providers=["CPUExecutionProvider"])
+        except Exception as e:
+            msg = str(e).strip().splitlines()
+            raise SqccError(f"{model.name}: onnxruntime cannot load the model: "
+                            f"{msg[-1] if msg else type(e).__name__}") from e
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+
+    def run(self, inputs: dict) -> list:
+        feed = _check_inputs(self.model, inputs)
+        return [np.asarray(o) for o in self.sess.run(self.output_names, feed)]
+
+
+class LiteRTSession:
+    """LiteRT interpreter (``ai_edge_litert``) on the normalised flatbuffer, ``num_threads=threads``."""
+
+    name = "litert"
+
+    def __init__(self, model, threads: int | None = None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise SqccError("the TFLite reference runtime needs LiteRT: pip install ai-edge-litert") from e
+        from .tflite_frontend import normalize_tflite
+
+        self.model = model
+        self.content = normalize_tflite(model.source)
+        try:
+            self.interp = Interpreter(model_content=self.content, num_threads=threads)
+            details = {d["name"]: d for d in self.interp.get_input_details()}
+            for spec in model.inputs:  # shapes given with --input-shape for dynamic dims
+                d = details.get(spec.name)
+                if d is not None and tuple(d["shape"]) != tuple(spec.shape):
+                    self.interp.resize_tensor_input(d["index"], list(spec.shape))
+            self.interp.allocate_tensors()
+        except SqccError:
+            raise
+        except Exception as e:
+            msg = str(e).strip().splitlines()
+            raise SqccError(f"{model.name}: LiteRT cannot load the model: "
+                            f"{msg[-1] if msg else type(e).__name__}") from e
+        self.inputs = {d["name"]: d["index"] for d in self.interp.get_input_details()}
+        self.outputs = [d["index"] for d in self.interp.get_output_details()]
+        unknown = [s.name for s in model.inputs if s.name not in self.inputs]
+        if unknown:
+            raise SqccError(f"{model.name}: LiteRT's inputs are {', '.join(self.inputs)}, "
+                            f"not {', '.join(unknown)}")
+
+    def run(self, inputs: dict) -> list:
+        feed = _check_inputs(self.model, inputs)
+        for name, x in feed.items():
+            self.interp.set_tensor(self.inputs[name], x)
+        self.interp.invoke()
+        return [np.array(self.interp.get_tensor(i)) for i in self.outputs]
+
+
+def reference_session(model, threads: int | None = None):
+    """A session with ``.run(inputs) -> list[np.ndarray]`` and ``.name`` for ``model``'s framework."""
+    if model.format == "onnx":
+        return OnnxRuntimeSession(model, threads)
+    if model.format == "tflite":
+        return LiteRTSession(model, threads)
+    raise SqccError(f"{model.name}: no reference runtime for format '{model.format}'")
