@@ -54,6 +54,12 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     spec = resolve(target)
     say(f"importing {model if isinstance(model, str) else 'model'}")
     m = frontend.load(model, input_shapes)
+    spec.check_toolchain()  # a missing cross compiler is said now, not after minutes of work
+    from .passes.shuffle_canon import canonicalize_shuffles
+
+    # An imported ShuffleNet channel shuffle (reshape→transpose→reshape) becomes a folded
+    # permutation or one gather before anything else looks at the graph.
+    m.mod, canon_notes = canonicalize_shuffles(m.mod)
     before = layers.layers(m.mod)
     report = {"model": m.name, "before": {"layers": [l.to_json() for l in before],
                                           "totals": layers.totals(before)}}
@@ -72,13 +78,26 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         plan = plan_budget(m, budget, calib_feeds, progress=say)
         pass_specs = list(plan.pass_specs) + pass_specs
         report["budget"] = plan.to_json()
+    ctx.extra["calibration_feeds"] = calib_feeds
     pass_objs = [passes_mod.create(s, ctx) for s in pass_specs]  # validate all before any work
     if pass_specs and calib_feeds is not None:
         ctx.activations = collect_activations(m.mod, calib_feeds, progress=say)
-    mod = run_passes(m.mod, pass_objs, pass_specs, dump_ir, say) if pass_specs else m.mod
+    mod = m.mod
+    from .passes.qdq_fold import fold_qdq, is_int8_tflite
+
+    if is_int8_tflite(m):
+        # dequantize → float op → quantize (as TVM imports int8 TFLite) becomes true int8 ops
+        say("folding quantize/dequantize pairs into int8 ops")
+        mod = fold_qdq(mod, ctx.records)
+    mod = run_passes(mod, pass_objs, pass_specs, dump_ir, say) if pass_specs else mod
     after = layers.layers(mod)
     report["after"] = {"layers": [l.to_json() for l in after], "totals": layers.totals(after)}
     report["passes"] = [r.to_json() for r in ctx.records]
+    if canon_notes:
+        report["canonicalize"] = canon_notes
+    from .size_report import size_report
+
+    report["size"] = size_report(mod).to_json()
 
     from .build import build
 

@@ -72,6 +72,19 @@ def cmd_inspect(args):
     from .package import load
 
     p = Path(args.model)
+    if args.size:
+        from .size_report import format_size_report, size_report
+
+        if p.suffix == ".tar" and p.is_file():
+            d = load(p).report.get("size")
+            if d is None:
+                from .errors import SqccError
+
+                raise SqccError(f"{p}: the package has no size report (compile it with --size-report)")
+        else:
+            d = size_report(frontend.load(args.model, args.input_shape).mod).to_json()
+        print(format_size_report(d))
+        return 0
     if p.suffix == ".tar" and p.is_file():
         pkg = load(p)
         stage = pkg.report.get("after") or pkg.report.get("before")
@@ -146,6 +159,10 @@ def cmd_compile(args):
               f"weight bytes {_fmt_int(b['weight_bytes'])} → {_fmt_int(a['weight_bytes'])}")
     else:
         print(f"model: {a['layers']} layers, {a['params'] / 1e6:.3f} M params, {a['macs'] / 1e9:.3f} GMAC")
+    if args.size_report and r.get("size"):
+        from .size_report import format_size_report
+
+        print(format_size_report(r["size"]))
     if "fidelity" in r:
         print("fidelity " + format_fidelity(r["fidelity"], r["fidelity"]["reference"]))
     if "evaluation" in r:
@@ -261,7 +278,12 @@ def cmd_run(args):
     else:
         raise SqccError("nothing to run: give --image FILE or --input FILE.npy/.pb")
     t0 = time.perf_counter()
-    out = pkg.run(x)
+    if args.rpc_tracker:
+        from .remote import run_remote
+
+        out = run_remote(pkg, x, args.rpc_tracker, args.rpc_key or "aarch64", args.rpc_timeout)
+    else:
+        out = pkg.run(x)
     dt = (time.perf_counter() - t0) * 1e3
     outs = out if isinstance(out, list) else [out]
     if args.output:
@@ -314,6 +336,12 @@ def cmd_bench(args):
                 print(f"  {k}: {v:,}" if isinstance(v, int) else f"  {k}: {v}")
         return 0
     say = _say(args)
+    if args.rpc_tracker:
+        from .remote import bench_remote, format_bench
+
+        r = bench_remote(pkg, args.rpc_tracker, args.rpc_key or "aarch64", repeat=args.repeat)
+        print(json.dumps(r, indent=1) if args.json else format_bench(r))
+        return 0
     say(f"timing {args.repeat} runs after {args.warmup} warm-up"
         + (f", then {args.compare} in the same run" if args.compare else ""))
     r = benchmark_package(pkg, threads=args.threads, repeat=args.repeat, warmup=args.warmup,
@@ -346,11 +374,66 @@ def cmd_passes(args):
 
 
 def cmd_targets(args):
-    from .targets import FAMILIES, resolve
+    from .targets import format_targets
 
-    for fam in sorted(FAMILIES):
-        s = resolve(fam)
-        print(f"{s.name:<12} {s.description}")
+    print(format_targets())
+    return 0
+
+
+def cmd_farm(args):
+    from . import farm
+
+    return farm.cmd(args)
+
+
+def cmd_tune(args):
+    from . import frontend
+    from .errors import SqccError
+    from .schedules.tuning import tune
+    from .targets import default_records, resolve
+
+    spec = resolve(args.target)
+    if spec.family == "micro":
+        raise SqccError(f"--target {args.target}: micro targets are not tuned (their cost is deterministic)")
+    if args.trials < 1:
+        raise SqccError(f"--trials {args.trials}: must be at least 1")
+    records = args.records or default_records(spec)
+    m = frontend.load(args.model, args.input_shape)
+    mod = m.mod
+    if args.passes:
+        from . import passes as passes_mod
+        from .pipeline import run_passes
+
+        ctx = passes_mod.PassContext()
+        mod = run_passes(mod, [passes_mod.create(x, ctx) for x in args.passes], args.passes)
+    runner = builder = None
+    if args.rpc_tracker:
+        from .remote import cross_builder, rpc_runner
+
+        runner = rpc_runner(args.rpc_tracker, args.rpc_key or spec.rpc_key or "aarch64")
+        if spec.family == "arm_cpu":
+            builder = cross_builder(spec.tvm())
+    elif spec.family not in ("host",):
+        raise SqccError(f"--target {spec.name} runs on a remote device: give --rpc-tracker HOST:PORT --rpc-key KEY")
+    out = tune(mod, spec.tvm(), trials=args.trials, records_path=records,
+               max_trials_per_task=args.max_trials_per_task, runner=runner, builder=builder)
+    print(f"tuning records for {spec.name}: {out or records}")
+    print(f"use: sqcc compile {args.model} --target {spec.name} --tuning-records {out or records}")
+    return 0
+
+
+def cmd_sweep(args):
+    from . import budget
+
+    say = _say(args)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    rows = budget.sweep(args.model, budgets, calibration_inputs=args.calibration,
+                        eval_images=args.eval_images, plot=args.plot, progress=say)
+    print(budget.format_rows(rows))
+    if args.json:
+        budget.save_rows(rows, args.json)
+    if args.plot:
+        print(f"Pareto plot: {args.plot}")
     return 0
 
 
@@ -360,6 +443,11 @@ def build_parser():
     ap = argparse.ArgumentParser(prog="sqcc", description="compression compiler for trained CNNs on TVM")
     ap.add_argument("--version", action="version", version=f"sqcc {_version()}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    def rpc(p):
+        p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="run on a farm device through this tracker")
+        p.add_argument("--rpc-key", help="device key at the tracker (default: the target's, e.g. aarch64)")
+        p.add_argument("--rpc-timeout", type=float, default=60.0, help="seconds to wait for a free device")
 
     def common(p):
         p.add_argument("-v", "--verbose", action="store_true", help="show details (tracebacks) on error")
@@ -387,6 +475,8 @@ def build_parser():
     p.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after every phase")
     p.add_argument("--force", action="store_true", help="rewrite layers even when MACs do not drop")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the original model")
+    p.add_argument("--size-report", action="store_true",
+                   help="print bytes per layer: dense, pruned CSR, shared-index, Huffman-coded")
     common(p)
     p.set_defaults(func=cmd_compile)
 
@@ -396,6 +486,7 @@ def build_parser():
     p.add_argument("--input", help=".npy or ONNX TensorProto .pb")
     p.add_argument("--output", help="save the first output as .npy")
     p.add_argument("--print-top", type=int, default=5)
+    rpc(p)
     common(p)
     p.set_defaults(func=cmd_run)
 
@@ -406,6 +497,7 @@ def build_parser():
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    rpc(p)
     common(p)
     p.set_defaults(func=cmd_bench)
 
@@ -417,6 +509,36 @@ def build_parser():
     p = sub.add_parser("targets", help="list targets and presets")
     common(p)
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("tune", help="MetaSchedule tuning into a durable records file (resumable)")
+    p.add_argument("model")
+    p.add_argument("--target", default="host")
+    p.add_argument("--trials", type=int, default=2000)
+    p.add_argument("--max-trials-per-task", type=int)
+    p.add_argument("--records", metavar="FILE", help="tuning database (default ~/.cache/sqcc/tuning/TARGET.json)")
+    p.add_argument("--pass", dest="passes", action="append", metavar="NAME[:k=v,...]",
+                   help="tune the rewritten graph's kernels")
+    p.add_argument("--input-shape")
+    rpc(p)
+    common(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("sweep", help="accuracy/agreement vs MACs for several budgets (Pareto plot)")
+    p.add_argument("model")
+    p.add_argument("--budgets", default="0.9,0.8,0.7,0.6,0.5")
+    p.add_argument("--calibration", metavar="DIR", required=True)
+    p.add_argument("--eval-images", metavar="DIR")
+    p.add_argument("--plot", metavar="PNG")
+    p.add_argument("--json", metavar="FILE", help="save the rows as JSON")
+    common(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("farm", help="a local TVM RPC farm: tracker + host node + emulated aarch64 node")
+    from . import farm
+
+    farm.add_arguments(p)
+    common(p)
+    p.set_defaults(func=cmd_farm)
     return ap
 
 

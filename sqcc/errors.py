@@ -19,3 +19,17 @@ class UnsupportedOpsError(SqccError):
         listing = ", ".join(f"{name} ({op})" for name, op in self.ops)
         super().__init__(
             f"{path}: unsupported operator(s) {', '.join(kinds)} in {len(self.ops)} node(s): {listing}")
+
+
+def _register_with_tvm():
+    """Let a SqccError raised inside a TVM module pass cross TVM's FFI as itself, not RuntimeError."""
+    try:
+        import tvm_ffi
+
+        for cls in (SqccError, UnsupportedOpsError):
+            tvm_ffi.register_error(cls.__name__, cls)
+    except Exception:  # noqa: BLE001  (an older tvm_ffi: errors still arrive, as RuntimeError)
+        pass
+
+
+_register_with_tvm()

@@ -233,7 +233,9 @@ def layer_graph(mod) -> nx.DiGraph:
             src_layer.out_shape = _shape(v)
             owner[v] = src
             continue
-        name = v.name
+        name, k = v.name, 1
+        while name in g:  # rewrites may reuse a layer's name on several bindings
+            name, k = f"{v.name}_{k}", k + 1
         layer = Layer(name, op or type(val).__name__, in_shape=_shape(acts[0]), out_shape=_shape(v))
         for i in infos:
             if i:

@@ -96,9 +96,15 @@ class Package:
             import tvm
             from tvm import relax
 
-            if self.manifest["target"]["family"] not in ("host",):
+            fam = self.manifest["target"]["family"]
+            if fam == "cuda":
+                from .targets import cuda
+
+                self._vm = cuda.make_vm(self.executable)
+                return self._vm
+            if fam not in ("host",):
                 raise SqccError(f"package built for target {self.target} cannot run on this host "
-                                "(use --rpc-tracker/--rpc-key for a remote device)")
+                                "(use --rpc-tracker HOST:PORT --rpc-key KEY for a farm device)")
             self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
         return self._vm
 
@@ -135,9 +141,15 @@ class Package:
         return outs[0] if len(outs) == 1 else outs
 
     def benchmark(self, threads: int | None = None, repeat: int = 50, warmup: int = 5,
-                  compare: str | None = None, inputs=None) -> dict:
+                  compare: str | None = None, inputs=None, remote: str | None = None,
+                  key: str | None = None) -> dict:
         """Median/min/max latency in ms over ``repeat`` runs after ``warmup``; optionally the peer
-        (``compare="onnxruntime"``) timed in the same run with the same thread count."""
+        (``compare="onnxruntime"``) timed in the same run with the same thread count. ``remote``:
+        a tracker ``HOST:PORT`` — time on a farm device with ``key`` instead."""
+        if remote:
+            from .remote import bench_remote
+
+            return bench_remote(self, remote, key or "aarch64", repeat=repeat)
         from .bench import benchmark_package
 
         return benchmark_package(self, threads=threads, repeat=repeat, warmup=warmup, compare=compare,
@@ -149,7 +161,12 @@ class Package:
             with tempfile.TemporaryDirectory() as d:
                 p = Path(d) / "lib.so"
                 try:
-                    self.executable.export_library(str(p))
+                    if self.manifest["target"]["family"] == "host":
+                        self.executable.export_library(str(p))
+                    else:  # cross compilers (aarch64), CUDA: the target knows how to link
+                        from .targets import resolve
+
+                        resolve(self.manifest["target"]["name"]).export_library(self.executable, str(p))
                 except Exception as e:
                     raise SqccError(f"cannot link the compiled library: {str(e).splitlines()[-1]}") from e
                 self._lib_bytes = p.read_bytes()
@@ -268,7 +285,14 @@ def load(path) -> Package:
     report = json.loads(members.get("report.json", b"{}"))
     source = members.get(f"model.{manifest['model']['format']}")
     executable = None
-    if manifest["target"]["family"] == "host":
+    fam = manifest["target"]["family"]
+    if fam == "cuda":
+        from .targets import cuda
+
+        if not cuda.gpu_present():
+            executable = None  # runs only where a GPU is; run() says so
+            fam = "none"
+    if fam in ("host", "cuda"):
         with tempfile.TemporaryDirectory() as d:
             lib = Path(d) / "lib.so"
             lib.write_bytes(members["lib.so"])

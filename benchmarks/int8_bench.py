@@ -1,0 +1,205 @@
+"""Figures for issue 5 (int8 and binary lowering), measured in one run.
+
+    TVM_NUM_THREADS=2 python benchmarks/int8_bench.py [--images N] [--calib 32] [--out int8_bench.json]
+
+* SqueezeNet 1.1 int8: top-1 agreement with fp32 (onnxruntime) and top-1 accuracy on
+  ../shared/data/imagenet-sample, for each calibration method, next to onnxruntime's static quantiser
+  (QDQ, per-channel, MinMax) on the same calibration images.
+* Latency (median of ≥30 after warm-up, 2 threads): sqcc int8 vs sqcc fp32 (same default schedules)
+  vs onnxruntime fp32 and int8.
+* Binary: one 256→256 3×3 conv on 28×28, XNOR popcount kernel vs sqcc's fp32 kernel for the layer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IMAGES = SHARED / "data" / "imagenet-sample"
+
+
+def _median_ms(fn, runs=30, warmup=5):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return {"median_ms": float(np.median(ts)), "min_ms": float(np.min(ts)), "max_ms": float(np.max(ts))}
+
+
+def _interleaved(fns: dict, runs=30, warmup=5):
+    """Time each callable once per round, round-robin, so drifting load on a shared machine hits
+    all of them alike; median/min/max per callable."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    ts = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            ts[k].append((time.perf_counter() - t) * 1e3)
+    return {k: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "max_ms": float(np.max(v)),
+                "runs": len(v)} for k, v in ts.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--calib", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--methods", default="minmax,percentile,entropy,mse")
+    ap.add_argument("--binary-images", type=int, default=50)
+    ap.add_argument("--out", default="int8_bench.json")
+    a = ap.parse_args(argv)
+    threads = int(os.environ.get("TVM_NUM_THREADS", "2"))
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    import sqcc.frontend as F
+    from sqcc.build import build
+    from sqcc.calibrate import calibration_feeds, collect_activations
+    from sqcc.passes.int8 import layer_names, quantize_module
+    from sqcc.preprocess import list_images, load_image, load_labels
+    from sqcc.schedules.cpu import host_model_name
+    from sqcc.schedules.int8 import int8_isa
+
+    say = lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
+    m = F.load("squeezenet1.1")
+    files = list_images(IMAGES)[: a.images]
+    labels = load_labels(IMAGES) or {}
+    xs = [load_image(f, m.preprocess) for f in files]
+    ys = [labels.get(f.name) for f in files]
+    feeds = calibration_feeds(m, IMAGES, limit=a.calib)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    ref = ort.InferenceSession(m.source, so, providers=["CPUExecutionProvider"])
+    ref_out = [ref.run(None, {"data": x})[0].reshape(-1) for x in xs]
+
+    def score(outs):
+        agree = sum(int(o.argmax() == r.argmax()) for o, r in zip(outs, ref_out))
+        acc = sum(int(o.argmax() == y) for o, y in zip(outs, ys) if y is not None)
+        return {"top1_agreement": agree, "top1_correct": acc, "n": len(outs)}
+
+    res = {"host": host_model_name(), "int8_isa": int8_isa(tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})),
+           "threads": threads, "calibration_images": len(feeds), "eval_images": len(xs)}
+    res["fp32_onnxruntime"] = score(ref_out)
+
+    say("collecting activations")
+    acts = collect_activations(m.mod, feeds, layers=layer_names(m.mod))
+    say("building sqcc fp32")
+    vm_f = relax.VirtualMachine(build(m.mod, "host"), tvm.cpu())
+    run = lambda vm: [vm["main"](tvm.runtime.tensor(x)).numpy().reshape(-1) for x in xs]  # noqa: E731
+    res["fp32_sqcc"] = score(run(vm_f))
+    vms = {}
+    for meth in a.methods.split(","):
+        say(f"int8 {meth}")
+        q = quantize_module(m.mod, acts, meth)
+        vms[meth] = relax.VirtualMachine(build(q, "host"), tvm.cpu())
+        res[f"int8_sqcc_{meth}"] = score(run(vms[meth]))
+        say(str(res[f"int8_sqcc_{meth}"]))
+
+    say("onnxruntime quantize_static")
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "f.onnx").write_bytes(m.source)
+    quantize_static(str(tmp / "f.onnx"), str(tmp / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    ort_q = ort.InferenceSession(str(tmp / "q.onnx"), so, providers=["CPUExecutionProvider"])
+    res["int8_onnxruntime_minmax"] = score([ort_q.run(None, {"data": x})[0].reshape(-1) for x in xs])
+
+    say("latency")
+    x0 = xs[0]
+    xt = tvm.runtime.tensor(x0)
+    best = max(vms, key=lambda k: res[f"int8_sqcc_{k}"]["top1_agreement"])
+    from sqcc.schedules.int8 import build_int8
+
+    vm_pp = relax.VirtualMachine(build_int8(quantize_module(m.mod, acts, best), "host"), tvm.cpu())
+    res[f"int8_sqcc_{best}_prepacked"] = score(run(vm_pp))
+    lat = _interleaved({"sqcc_fp32": lambda: vm_f["main"](xt),
+                        f"sqcc_int8_{best}": lambda: vms[best]["main"](xt),
+                        f"sqcc_int8_{best}_prepacked": lambda: vm_pp["main"](xt),
+                        "onnxruntime_fp32": lambda: ref.run(None, {"data": x0}),
+                        "onnxruntime_int8": lambda: ort_q.run(None, {"data": x0})}, a.runs)
+    i8 = lat[f"sqcc_int8_{best}"]
+    lat["ratios_of_medians"] = {
+        "sqcc_fp32/sqcc_int8": lat["sqcc_fp32"]["median_ms"] / i8["median_ms"],
+        "ort_fp32/sqcc_int8": lat["onnxruntime_fp32"]["median_ms"] / i8["median_ms"],
+        "ort_int8/sqcc_int8": lat["onnxruntime_int8"]["median_ms"] / i8["median_ms"]}
+    pp = lat[f"sqcc_int8_{best}_prepacked"]
+    lat["ratios_of_medians_prepacked"] = {
+        "sqcc_fp32/sqcc_int8": lat["sqcc_fp32"]["median_ms"] / pp["median_ms"],
+        "ort_fp32/sqcc_int8": lat["onnxruntime_fp32"]["median_ms"] / pp["median_ms"],
+        "ort_int8/sqcc_int8": lat["onnxruntime_int8"]["median_ms"] / pp["median_ms"]}
+    lat["ratios_of_minima"] = {
+        "sqcc_fp32/sqcc_int8": lat["sqcc_fp32"]["min_ms"] / i8["min_ms"],
+        "ort_fp32/sqcc_int8": lat["onnxruntime_fp32"]["min_ms"] / i8["min_ms"],
+        "ort_int8/sqcc_int8": lat["onnxruntime_int8"]["min_ms"] / i8["min_ms"]}
+    res["latency"] = lat
+
+    say("binary layer")
+    from sqcc.passes.binary import Binary
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 256, 3, 3)).astype(np.float32)
+    xb = rng.standard_normal((1, 256, 28, 28)).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(xb.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(xv, relax.const(w), padding=[1, 1, 1, 1]), "convb")
+            o = bb.emit_output(y)
+        bb.emit_func_output(o)
+    layer = bb.get()
+    vf = relax.VirtualMachine(build(layer, "host"), tvm.cpu())
+    vx = relax.VirtualMachine(build(Binary(mode="xnor", skip=["none"])(layer), "host"), tvm.cpu())
+    t = tvm.runtime.tensor(xb)
+    bl = _interleaved({"sqcc_fp32": lambda: vf["main"](t), "sqcc_xnor": lambda: vx["main"](t)}, a.runs)
+    bl["speedup_medians"] = bl["sqcc_fp32"]["median_ms"] / bl["sqcc_xnor"]["median_ms"]
+    bl["speedup_minima"] = bl["sqcc_fp32"]["min_ms"] / bl["sqcc_xnor"]["min_ms"]
+    bl["weight_bytes"] = {"fp32": int(w.nbytes), "packed": int(w.nbytes // 32)}
+    res["binary_layer_256x256x3x3_28x28"] = bl
+
+    say("binary SqueezeNet (XNOR, skip=first,last): agreement with fp32")
+    from sqcc.passes import PassContext
+
+    ctx = PassContext()
+    vb = relax.VirtualMachine(build(Binary(context=ctx, mode="xnor")(m.mod), "host"), tvm.cpu())
+    nb = min(len(xs), a.binary_images)
+    outs = [vb["main"](tvm.runtime.tensor(x)).numpy().reshape(-1) for x in xs[:nb]]
+    res["binary_xnor_squeezenet"] = {
+        "top1_agreement": sum(int(o.argmax() == r.argmax()) for o, r in zip(outs, ref_out[:nb])),
+        "top1_correct": sum(int(o.argmax() == y) for o, y in zip(outs, ys[:nb]) if y is not None),
+        "n": nb, "layers_binarised": sum(r.applied for r in ctx.records),
+        "mean_weight_error": float(np.mean([r.weight_error for r in ctx.records if r.applied]))}
+
+    Path(a.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,473 @@
+"""Machinery shared by the factorisation passes (``lowrank``, ``dwsep``, ``flatten``).
+
+A technique is a function ``fit(layer: LayerFit, setting) -> Factorization`` in pure numpy: it gets
+the weight, the conv geometry and (when calibration activations exist) the patch second moments Σ
+of the layer's input, and returns a chain of convs (or matmuls) plus the dense weight Ŵ that chain
+is equal to. This module turns that into MACs/params, errors, a :class:`LayerRecord` and the Relax
+bindings; :mod:`sqcc.budget` calls the same fits to price candidates.
+
+Errors: weight error ‖W − Ŵ‖/‖W‖; output error ‖(W − Ŵ)P‖/‖WP‖ over the calibration patches P,
+computed exactly as sqrt(tr(DΣDᵀ)/tr(WΣWᵀ)) with D = W − Ŵ (per group), Σ = PPᵀ/|P|.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import SqccError
+from .base import LayerRecord
+
+RIDGE = 1e-6  # relative Tikhonov term on Σ: keeps full-rank fits exact where Σ is singular
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+@dataclass
+class ConvSpec:
+    """One conv of a replacement chain (NCHW/OIHW)."""
+
+    weight: np.ndarray
+    strides: tuple = (1, 1)
+    padding: tuple = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+
+@dataclass
+class LayerFit:
+    """What a fit sees of one layer. ``weight`` is OIHW for convs; for a matmul it is N×K×1×1
+    (the transposed matmul weight as a 1×1 conv) and ``kind == "matmul"``."""
+
+    name: str
+    weight: np.ndarray
+    in_shape: tuple
+    out_shape: tuple
+    strides: tuple = (1, 1)
+    padding: tuple = (0, 0, 0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    kind: str = "conv"
+    cov: np.ndarray | None = None  # (groups, d, d) patch second moments E[ppᵀ], or None
+    mean: np.ndarray | None = None  # (groups, d) patch means E[p] (data-aware bias correction), or None
+    # (E[p̂p̂ᵀ], E[pp̂ᵀ], E[p̂]) with p̂ the patches of a rewritten model's activations at this layer:
+    # the last factor is then refitted to map p̂ to the original output (upstream errors compensated)
+    hat: tuple | None = None
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def kernel(self):
+        return tuple(self.weight.shape[2:])
+
+    @property
+    def macs(self) -> int:
+        if self.kind == "matmul":
+            return int(np.prod(self.in_shape[:-1])) * int(self.weight.shape[0] * self.weight.shape[1])
+        n, o, h, w = self.out_shape
+        return int(n * o * h * w * np.prod(self.weight.shape[1:]))
+
+    @property
+    def params(self) -> int:
+        return int(self.weight.size)
+
+    def group_matrices(self):
+        """[W_g (N/g × d)] per group, rows = output channels, columns = (c, y, x)."""
+        g = self.groups
+        ng = self.weight.shape[0] // g
+        return [self.weight[i * ng:(i + 1) * ng].reshape(ng, -1).astype(np.float64) for i in range(g)]
+
+    def cov_reg(self, i: int) -> np.ndarray | None:
+        """The covariance the fits whiten by, for group i: centred (Σ − μμᵀ) when the means are known
+        (the mean of the error then goes into a bias correction, as Zhang et al. 2016), plus a small
+        ridge (so whitened fits stay exact at full rank)."""
+        if self.cov is None:
+            return None
+        key = ("covreg", i)
+        if key not in self.cache:
+            s = self.cov[i]
+            if self.mean is not None:
+                s = s - np.outer(self.mean[i], self.mean[i])
+            lam = RIDGE * max(float(np.trace(s)) / len(s), 1e-30)
+            self.cache[key] = s + lam * np.eye(len(s))
+        return self.cache[key]
+
+
+@dataclass
+class Factorization:
+    technique: str  # "lowrank:weight", "lowrank:spatial", "lowrank:channel", "dwsep", "flatten"
+    rank: int
+    full_rank: int
+    detail: str
+    convs: list  # [ConvSpec] applied in order (for a matmul: [K×r, r×N] arrays)
+    dense: np.ndarray  # Ŵ, same shape as the layer weight
+    energy: float | None = None  # fraction of (output or weight) energy kept, when defined
+    bias: np.ndarray | None = None  # per-output-channel correction added after the chain
+
+
+def conv_out_hw(h, w, kernel, strides, padding, dilation):
+    kh, kw = kernel
+    pt, pl, pb, pr = padding
+    ho = (h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (w + pl + pr - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+    return ho, wo
+
+
+def chain_cost(layer: LayerFit, f: Factorization) -> tuple[int, int]:
+    """(MACs, params) of a replacement chain."""
+    if layer.kind == "matmul":
+        rows = int(np.prod(layer.in_shape[:-1]))
+        return sum(rows * m.shape[0] * m.shape[1] for m in f.convs), sum(int(m.size) for m in f.convs)
+    n, _, h, w = layer.in_shape
+    macs = params = 0
+    for c in f.convs:
+        h, w = conv_out_hw(h, w, c.weight.shape[2:], c.strides, c.padding, c.dilation)
+        macs += n * c.weight.shape[0] * h * w * int(np.prod(c.weight.shape[1:]))
+        params += int(c.weight.size)
+    return int(macs), int(params)
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+def weight_error(layer: LayerFit, dense: np.ndarray) -> float:
+    w = layer.weight.astype(np.float64)
+    d = float(np.linalg.norm(w))
+    return float(np.linalg.norm(w - dense)) / (d if d > 0 else 1.0)
+
+
+def final_refit(layer: LayerFit, i: int, wflat: np.ndarray, g_mat: np.ndarray) -> np.ndarray:
+    """Least-squares last factor A (ng×k) for group i, features G·p (k×d): minimises
+    E‖W(p − μ) − A·G(p̂ − μ̂)‖² — with p̂ = p (plain data-aware fit) unless ``layer.hat`` holds the
+    moments of the rewritten model's inputs (then upstream errors are compensated)."""
+    if layer.hat is None or layer.mean is None:
+        return ls_refit(wflat, g_mat, layer.cov_reg(i))
+    hh, xh, mh = layer.hat
+    c_hh = hh[i] - np.outer(mh[i], mh[i])
+    c_xh = xh[i] - np.outer(layer.mean[i], mh[i])
+    gram = g_mat @ c_hh @ g_mat.T
+    lam = 1e-6 * max(float(np.trace(gram)) / max(len(gram), 1), 1e-30)
+    rhs = wflat @ c_xh @ g_mat.T
+    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs.T).T
+
+
+def bias_correction(layer: LayerFit, dense: np.ndarray) -> np.ndarray | None:
+    """b = Wμ − Ŵμ̂ per output channel: the mean of the output error on the calibration data
+    (μ̂ = μ unless the rewritten model's input moments are known)."""
+    if layer.mean is None:
+        return None
+    g = layer.groups
+    ng = layer.weight.shape[0] // g
+    out = []
+    for i, wg in enumerate(layer.group_matrices()):
+        wh = dense[i * ng:(i + 1) * ng].reshape(ng, -1)
+        mh = layer.hat[2][i] if layer.hat is not None else layer.mean[i]
+        out.append(wg @ layer.mean[i] - wh @ mh)
+    return np.concatenate(out)
+
+
+def output_error(layer: LayerFit, dense: np.ndarray) -> float | None:
+    """‖(W − Ŵ)P − b‖/‖WP‖ on the calibration patches, b the bias correction (None without
+    calibration)."""
+    if layer.cov is None:
+        return None
+    g = layer.groups
+    ng = layer.weight.shape[0] // g
+    num = den = 0.0
+    for i, wg in enumerate(layer.group_matrices()):
+        wh = dense[i * ng:(i + 1) * ng].reshape(ng, -1)
+        dg = wg - wh
+        s = layer.cov[i]
+        den += float(np.sum((wg @ s) * wg))
+        if layer.hat is not None and layer.mean is not None:
+            # E‖W(p − μ) − Ŵ(p̂ − μ̂)‖² from the centred (cross) moments
+            hh, xh, mh = layer.hat
+            mu = layer.mean[i]
+            c_xx = s - np.outer(mu, mu)
+            c_xh = xh[i] - np.outer(mu, mh[i])
+            c_hh = hh[i] - np.outer(mh[i], mh[i])
+            num += float(np.sum((wg @ c_xx) * wg) - 2 * np.sum((wg @ c_xh) * wh) + np.sum((wh @ c_hh) * wh))
+            continue
+        # with the bias correction b = Dμ the error is D(p − μ): centred moments
+        sc = s - np.outer(layer.mean[i], layer.mean[i]) if layer.mean is not None else s
+        num += float(np.sum((dg @ sc) * dg))
+    return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------- rank choice
+
+def choose_rank(spectrum: np.ndarray, full: int, rank=None, energy=None) -> int:
+    """Rank from an int, a fraction of ``full`` or an energy threshold on ``spectrum`` (descending
+    energies, i.e. squared singular values), clamped to [1, full]."""
+    if rank is not None:
+        if isinstance(rank, float) and rank <= 1.0:
+            r = int(math.ceil(rank * full - 1e-9))
+        else:
+            r = int(rank)
+        return max(1, min(r, full))
+    e = np.clip(np.asarray(spectrum, np.float64), 0, None)
+    tot = float(e.sum())
+    if tot <= 0:
+        return 1
+    cum = np.cumsum(e) / tot
+    r = int(np.searchsorted(cum, (energy or 1.0) - 1e-12) + 1)
+    return max(1, min(r, full))
+
+
+def ls_refit(target_rows: np.ndarray, g_mat: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Least-squares A minimising E‖T p − A G p‖² over patches p with E[ppᵀ] = cov:
+    A = TΣGᵀ (GΣGᵀ)⁻¹ (ridge-regularised). ``target_rows`` T (m×d), ``g_mat`` G (k×d)."""
+    sg = cov @ g_mat.T
+    gram = g_mat @ sg
+    lam = 1e-7 * max(float(np.trace(gram)) / max(len(gram), 1), 1e-30)
+    rhs = target_rows @ sg
+    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs.T).T
+
+
+# ------------------------------------------------------------------------------------- validation
+
+def check_rank_param(pass_name, rank, allow_fraction=True):
+    if rank is None:
+        return
+    if isinstance(rank, float) and not allow_fraction and rank != int(rank):
+        raise SqccError(f"--pass {pass_name}: rank={rank}: must be a positive integer")
+    if rank <= 0 or (isinstance(rank, float) and rank > 1 and rank != int(rank)):
+        raise SqccError(f"--pass {pass_name}: rank={rank} out of range: a positive integer, or a "
+                        f"fraction in (0, 1] of each layer's full rank")
+
+
+def check_energy(pass_name, energy):
+    if energy is None:
+        return
+    if not (0.0 < float(energy) <= 1.0):
+        raise SqccError(f"--pass {pass_name}: energy={energy} out of range: must be in (0, 1]")
+
+
+# ------------------------------------------------------------------------------------------ the pass
+
+def _layer_cov(context, name, act, kind, kernel, strides, padding, dilation, groups, in_shape):
+    """Σ for a layer from the context's activations (cached), or None."""
+    if act is None:
+        return None
+    act = np.asarray(act)
+    if kind == "matmul":
+        if act.ndim < 2 or act.shape[-1] != in_shape[-1]:
+            return None
+        act = act.reshape(-1, act.shape[-1])
+    else:
+        if act.ndim != 4 or tuple(act.shape[1:]) != tuple(in_shape[1:]):
+            return None
+    cache = context.extra.setdefault("patch_cov", {})
+    key = (name, kind, tuple(kernel), tuple(strides), tuple(padding), tuple(dilation), groups,
+           tuple(act.shape))
+    if key not in cache:
+        from ..calibrate import patch_covariance
+
+        cache[key] = patch_covariance(act, kernel, strides, padding, dilation, groups, return_mean=True)
+    return cache[key]
+
+
+def _layer_hat(context, name, kind, kernel, strides, padding, dilation, groups, in_shape):
+    """Cross moments with the rewritten model's activations (``context.extra["activations_hat"]``)."""
+    hats = context.extra.get("activations_hat") or {}
+    xh = hats.get(name)
+    x = context.inputs_of(name)
+    if xh is None or x is None or np.shape(xh) != np.shape(x):
+        return None
+    x, xh = np.asarray(x), np.asarray(xh)
+    if kind == "matmul":
+        x, xh = x.reshape(-1, x.shape[-1]), xh.reshape(-1, xh.shape[-1])
+    cache = context.extra.setdefault("patch_hat", {})
+    key = (name, kind, tuple(kernel), tuple(strides), tuple(padding), tuple(dilation), groups)
+    if key not in cache:
+        from ..calibrate import patch_cross_moments
+
+        cache[key] = patch_cross_moments(x, xh, kernel, strides, padding, dilation, groups)
+    return cache[key]
+
+
+def layer_from_conv(context, conv, use_data=True) -> LayerFit:
+    """A LayerFit from a base.ConvCall (Σ attached when calibration activations fit the layer)."""
+    mom = None
+    if use_data and context is not None:
+        mom = _layer_cov(context, conv.name, context.inputs_of(conv.name), "conv", conv.weight.shape[2:],
+                         conv.strides, conv.padding, conv.dilation, conv.groups, conv.in_shape)
+    cov, mean = mom if mom is not None else (None, None)
+    hat = _layer_hat(context, conv.name, "conv", conv.weight.shape[2:], conv.strides, conv.padding,
+                     conv.dilation, conv.groups, conv.in_shape) if mom is not None else None
+    return LayerFit(conv.name, conv.weight, conv.in_shape, conv.out_shape, conv.strides, conv.padding,
+                    conv.dilation, conv.groups, "conv", cov, mean, hat)
+
+
+def layer_from_matmul(context, name, x_shape, w, use_data=True) -> LayerFit:
+    wt = np.ascontiguousarray(w.T)[:, :, None, None]  # N×K×1×1
+    mom = None
+    if use_data and context is not None:
+        mom = _layer_cov(context, name, context.inputs_of(name), "matmul", (1, 1), (1, 1),
+                         (0, 0, 0, 0), (1, 1), 1, x_shape)
+    cov, mean = mom if mom is not None else (None, None)
+    hat = _layer_hat(context, name, "matmul", (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, x_shape) \
+        if mom is not None else None
+    out_shape = tuple(x_shape[:-1]) + (w.shape[1],)
+    return LayerFit(name, wt, tuple(x_shape), out_shape, kind="matmul", cov=cov, mean=mean, hat=hat)
+
+
+def emit_chain(builder, data, layer: LayerFit, f: Factorization, tag: str):
+    """Emit all but the last op of the chain (named ``{layer}__{tag}{k}``) and return the last
+    (un-emitted) expr; the rewriter binds it under the layer's own name."""
+    from tvm import relax
+
+    x = data
+    n = len(f.convs)
+    for k, c in enumerate(f.convs):
+        if layer.kind == "matmul":
+            expr = relax.op.matmul(x, relax.const(np.ascontiguousarray(c, dtype=np.float32)))
+        else:
+            expr = relax.op.nn.conv2d(x, relax.const(np.ascontiguousarray(c.weight, dtype=np.float32)),
+                                      strides=[int(s) for s in c.strides],
+                                      padding=[int(p) for p in c.padding],
+                                      dilation=[int(d) for d in c.dilation], groups=int(c.groups))
+        if k == n - 1:
+            if f.bias is not None and np.any(f.bias):
+                b = np.asarray(f.bias, np.float32)
+                b = b if layer.kind == "matmul" else b.reshape(1, -1, 1, 1)
+                x = builder.emit(expr, f"{layer.name}__{tag}{k}")
+                return relax.op.add(x, relax.const(b))
+            return expr
+        x = builder.emit(expr, f"{layer.name}__{tag}{k}")
+    return x
+
+
+class FactorPassBase:
+    """Common body of the factorisation passes. Subclasses set ``technique`` / ``tag`` and define
+    ``fit_layer(layer) -> Factorization | str`` (a string is the reason to skip) and optionally
+    ``fit_matmul``."""
+
+    technique = "?"
+    tag = "f"
+    handles_matmul = False
+
+    def __init__(self, context=None, force=False, layers=(), fit="auto"):
+        from .base import PassContext
+
+        self.context = context if context is not None else PassContext()
+        self.force = bool(force)
+        self.layers = set(layers or [])
+        self.fit = fit
+
+    # the fit mode for a layer: data-aware when calibration activations exist (unless fit=weight)
+    def _use_data(self):
+        return self.fit in ("auto", "data")
+
+    def _skip(self, layer, reason, macs=0, params=0):
+        self.context.records.append(LayerRecord(layer, self.technique, False, reason, params, params,
+                                                macs, macs))
+
+    def _wanted(self, name):
+        if "__" in name:  # a piece of an earlier rewrite
+            return False
+        if self.layers and name not in self.layers:
+            return False
+        return True
+
+    def _decide(self, layer: LayerFit, f):
+        """Record the outcome; return the Factorization to emit or None."""
+        if isinstance(f, str):
+            self._skip(layer.name, f, layer.macs, layer.params)
+            return None
+        done = self.context.extra.setdefault("rewritten", {})
+        f.bias = bias_correction(layer, f.dense)
+        macs, params = chain_cost(layer, f)
+        werr = weight_error(layer, f.dense)
+        oerr = output_error(layer, f.dense)
+        mode = "data-aware" if layer.cov is not None else "weights only"
+        if layer.hat is not None:
+            mode += ", last factor refitted to the rewritten model's inputs"
+        if self.fit == "data" and layer.cov is None:
+            mode = "weights only (no calibration activations for this layer)"
+        detail = f"{f.detail}; {mode}"
+        force = self.force or getattr(self.context, "force", False)
+        if macs >= layer.macs and not force:
+            self.context.records.append(LayerRecord(
+                layer.name, f.technique, False, f"{f.detail}: MACs would not drop "
+                f"({layer.macs:,} → {macs:,}); force=true to rewrite anyway", layer.params, params,
+                layer.macs, macs, werr, oerr))
+            return None
+        self.context.records.append(LayerRecord(layer.name, f.technique, True, detail, layer.params,
+                                                params, layer.macs, macs, werr, oerr))
+        done[layer.name] = f.technique
+        return f
+
+    def _rewrite_conv(self, builder, conv):
+        if not self._wanted(conv.name):
+            return None
+        prev = self.context.extra.get("rewritten", {}).get(conv.name)
+        if prev is not None:
+            self._skip(conv.name, f"already rewritten by {prev}", conv.macs, int(conv.weight.size))
+            return None
+        layer = layer_from_conv(self.context, conv, self._use_data())
+        f = self.fit_layer(layer)
+        f = self._decide(layer, f)
+        if f is None:
+            return None
+        return emit_chain(builder, conv.data, layer, f, self.tag)
+
+    def _rewrite_matmul(self, builder, name, x, w):
+        if not self._wanted(name):
+            return None
+        prev = self.context.extra.get("rewritten", {}).get(name)
+        if prev is not None:
+            return None
+        x_shape = tuple(int(d) for d in x.ty.shape)
+        layer = layer_from_matmul(self.context, name, x_shape, w, self._use_data())
+        f = self.fit_matmul(layer)
+        f = self._decide(layer, f)
+        if f is None:
+            return None
+        return emit_chain(builder, x, layer, f, self.tag)
+
+    def fit_matmul(self, layer):  # pragma: no cover - overridden where supported
+        return f"{self.technique} does not apply to matmul"
+
+    def transform_module(self, mod, ctx):
+        from .base import apply_rewriter, make_conv_rewriter
+
+        rw = make_conv_rewriter(self._rewrite_conv, self._rewrite_matmul if self.handles_matmul else None)
+        return apply_rewriter(mod, rw)
+
+
+# ------------------------------------------------------------------------------- numpy reference
+
+def reference_conv2d(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """NCHW/OIHW conv2d in numpy (float64), for checks and tests."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    pt, pl, pb, pr = padding
+    ho, wo = conv_out_hw(h, wd, (kh, kw), strides, padding, dilation)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    cols = np.empty((n, c, kh, kw, ho, wo))
+    for y in range(kh):
+        for xx in range(kw):
+            y0, x0 = y * dilation[0], xx * dilation[1]
+            cols[:, :, y, xx] = xp[:, :, y0:y0 + strides[0] * (ho - 1) + 1:strides[0],
+                                   x0:x0 + strides[1] * (wo - 1) + 1:strides[1]]
+    og = o // groups
+    out = np.empty((n, o, ho, wo))
+    for i in range(groups):
+        out[:, i * og:(i + 1) * og] = np.einsum(
+            "ncyxhw,ocyx->nohw", cols[:, i * cg:(i + 1) * cg], w[i * og:(i + 1) * og], optimize=True)
+    return out
+
+
+def reference_chain(x, layer: "LayerFit", f: "Factorization"):
+    """Apply a factorisation chain to activations x in numpy."""
+    if layer.kind == "matmul":
+        y = np.asarray(x, np.float64)
+        for m in f.convs:
+            y = y @ m
+        return y + (f.bias if f.bias is not None else 0)
+    y = x
+    for c in f.convs:
+        y = reference_conv2d(y, c.weight, c.strides, c.padding, c.dilation, c.groups)
+    return y + (f.bias.reshape(1, -1, 1, 1) if f.bias is not None else 0)

@@ -1,0 +1,117 @@
+"""``dwsep``: factor a Kh×Kw conv into a depthwise conv with channel multiplier M and a 1×1 conv.
+
+For each input channel c the N×(Kh·Kw) matrix W[:, c] has an SVD W[:, c] = Σ_m u_m s_m v_mᵀ; keep M
+terms: the depthwise filters of channel c are the rows B_c = U_Mᵀ·W[:, c] (M×Kh·Kw; groups=C, original
+stride/padding/dilation) and the pointwise 1×1 conv C·M→N has weight A[n, (c, m)] = U_M[n, m]. So
+y = Σ_c W[:, c] ∗ x_c = Σ_c A_c (B_c ∗ x_c), exact when M = min(N, Kh·Kw); M = 1 is MobileNet's block
+(Howard et al. 2017; the per-channel SVD view follows the depthwise-separable decompositions of
+Guo et al. 2018 / "network decoupling"). MACs: HoWo·C·M·(Kh·Kw + N) instead of HoWo·C·N·Kh·Kw.
+Grouped convs keep their groups (the pointwise conv is grouped the same way).
+
+Data-aware fit: per channel, U_M from the SVD of W[:, c]·Σ_c^½ (Σ_c the Kh·Kw patch moments of
+channel c), then the pointwise weight is refitted by least squares on the full patch moments Σ of the
+calibration activations (minimising ‖WP − A·(B∗P)‖, cross-channel correlations included).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+
+from . import Param, register
+from ._factor import ConvSpec, Factorization, FactorPassBase, LayerFit, final_refit
+from ..errors import SqccError
+
+
+def _sqrtm_psd(s):
+    lam, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(lam, 0, None))[..., None, :]) @ np.swapaxes(v, -1, -2)
+
+
+def _dwsep_svd(layer: LayerFit, use_data: bool):
+    """Per group: (U (cg, ng, q), s² (cg, q)) of W[:, c]·Σ_c^½ (or W[:, c])."""
+    key = ("dwsep_svd", use_data and layer.cov is not None)
+    if key in layer.cache:
+        return layer.cache[key]
+    n, cg, kh, kw = layer.weight.shape
+    g = layer.groups
+    ng = n // g
+    kk = kh * kw
+    out = []
+    for i in range(g):
+        wg = layer.weight[i * ng:(i + 1) * ng].reshape(ng, cg, kk).astype(np.float64).transpose(1, 0, 2)
+        s = layer.cov_reg(i) if use_data else None
+        if s is not None:
+            sc = np.stack([s[c * kk:(c + 1) * kk, c * kk:(c + 1) * kk] for c in range(cg)])
+            m = wg @ _sqrtm_psd(sc)
+        else:
+            m = wg
+        u, sv, _ = np.linalg.svd(m, full_matrices=False)  # u: cg × ng × q
+        out.append((u, sv ** 2, wg))
+    layer.cache[key] = out
+    return out
+
+
+def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True) -> Factorization | str:
+    if layer.kind == "matmul":
+        return "dwsep applies to convs only"
+    w = layer.weight
+    n, cg, kh, kw = w.shape
+    g = layer.groups
+    ng = n // g
+    kk = kh * kw
+    if kk == 1:
+        return "1×1 kernel: no spatial part to separate"
+    if cg == 1 and ng == 1:
+        return "already depthwise"
+    full = min(ng, kk)
+    m_ = max(1, min(int(multiplier), full))
+    c_all = cg * g
+    dw = np.zeros((c_all * m_, 1, kh, kw))
+    pw = np.zeros((n, cg * m_, 1, 1))
+    dense = np.empty_like(w, dtype=np.float64)
+    kept = tot = 0.0
+    for i, (u, s2, wg) in enumerate(_dwsep_svd(layer, use_data)):
+        ur = u[:, :, :m_]  # cg × ng × M
+        b = np.swapaxes(ur, 1, 2) @ wg  # cg × M × kk : depthwise filters
+        a = ur.transpose(1, 0, 2).reshape(ng, cg * m_)  # pointwise, columns (c, m)
+        s = layer.cov_reg(i) if use_data else None
+        if refit and s is not None and (m_ < full or layer.hat is not None):
+            gm = np.zeros((cg, m_, cg, kk))
+            for c in range(cg):
+                gm[c, :, c, :] = b[c]
+            wflat = wg.transpose(1, 0, 2).reshape(ng, cg * kk)
+            a = final_refit(layer, i, wflat, gm.reshape(cg * m_, cg * kk))
+        dw[i * cg * m_:(i + 1) * cg * m_, 0] = b.reshape(cg * m_, kh, kw)
+        pw[i * ng:(i + 1) * ng, :, 0, 0] = a
+        dense[i * ng:(i + 1) * ng] = np.einsum("ncm,cmk->nck", a.reshape(ng, cg, m_), b).reshape(ng, cg, kh, kw)
+        kept += float(s2[:, :m_].sum())
+        tot += float(s2.sum())
+    conv1 = ConvSpec(dw, layer.strides, layer.padding, layer.dilation, c_all)
+    conv2 = ConvSpec(pw, (1, 1), (0, 0, 0, 0), (1, 1), g)
+    return Factorization("dwsep", m_, full, f"multiplier {m_}/{full}", [conv1, conv2], dense,
+                         kept / tot if tot else 1.0)
+
+
+@register("dwsep", "factor Kh×Kw convs into depthwise (channel multiplier M) + 1×1, by per-channel "
+          "SVD, fitted to calibration activations when given",
+          params=[Param("multiplier", int, 1, "channel multiplier M of the depthwise conv "
+                        "(exact at min(N, Kh·Kw))"),
+                  Param("force", bool, False, "rewrite even where MACs do not drop"),
+                  Param("layers", list, [], "only these layers (default: all)"),
+                  Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
+                        ("auto", "data", "weight"))])
+@tvm.transform.module_pass(opt_level=0, name="sqcc.dwsep")
+class DepthwiseSeparable(FactorPassBase):
+    """Depthwise-separable factorisation (see the module docstring)."""
+
+    technique = "dwsep"
+    tag = "dw"
+
+    def __init__(self, context=None, multiplier=1, force=False, layers=(), fit="auto"):
+        super().__init__(context, force, layers, fit)
+        if int(multiplier) < 1:
+            raise SqccError(f"--pass dwsep: multiplier={multiplier} out of range: must be an integer ≥ 1")
+        self.multiplier = int(multiplier)
+
+    def fit_layer(self, layer):
+        return fit_dwsep(layer, self.multiplier, self._use_data())

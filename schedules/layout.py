@@ -1,0 +1,136 @@
+"""Graph layout for CPU: NCHW convolutions -> NHWC activations with HWIO weights, and output
+channels padded to a whole number of SIMD vectors.
+
+Why NHWC and not NCHWc: in NHWC the output channel is the innermost, contiguous axis of activations
+*and* of HWIO weights, so a conv's micro-kernel vectorises over output channels with plain vector
+loads and scalar broadcasts, pooling and global pooling vectorise over channels, and concat along
+channels stays one contiguous copy per pixel -- without choosing a block size per layer. The
+weights are transposed once at compile time (FoldConstant on the inline constants); the only
+run-time transposes left are at the graph's input and output.
+
+Why pad channels: a register tile must divide its extents (a predicated tail makes TVM scalarise
+the micro-kernel), and 1000 classes have no divisor that is a multiple of 16 lanes. Padding the
+weights with zero filters (1000 -> 1024) and slicing the result costs 2% more FLOPs instead of
+running at half vector width; the slice fuses into the conv's epilogue.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+_CONST = getattr(tvm.ir, "GenericConst", None) or getattr(relax, "Constant")
+
+DESIRED_LAYOUTS = {
+    "relax.nn.conv2d": ["NHWC", "HWIO"],
+}
+
+
+def to_nhwc() -> tvm.transform.Pass:
+    """ConvertLayout to NHWC, then fold the weight transposes into the constants.
+
+    Clip arrives from the ONNX frontend as ``call_tir(maximum/minimum, (x, scalar))``, which
+    ConvertLayout cannot see through: every ReLU6 of MobileNet would sit between two run-time
+    transposes. Those calls are turned back into Relax ops first.
+    """
+    from .fold import fold_constants_numpy
+
+    return tvm.transform.Sequential(
+        [fold_constants_numpy(), _untir_minmax(), relax.transform.DeadCodeElimination(),
+         relax.transform.ConvertLayout(DESIRED_LAYOUTS), fold_constants_numpy()],
+        name="SqccNHWC")
+
+
+@relax.expr_functor.mutator
+class _UnTIRMinMax(relax.PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod_ = mod
+
+    def visit_call_(self, call):  # noqa: D401 -- mutator hook
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.call_tir":
+            return call
+        gv = call.args[0]
+        name = getattr(gv, "name_hint", "")
+        op = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}.get(name.rstrip("0123456789"))
+        args = list(getattr(call.args[1], "fields", None) or [])
+        if len(args) == 2 and isinstance(args[1], relax.Var):
+            bound = self.lookup_binding(args[1])  # the bound is often a folded constant's var
+            if isinstance(bound, _CONST):
+                args[1] = bound
+        if op is None or len(args) != 2 or not isinstance(args[1], _CONST):
+            return call
+        if args[1].value.numpy().ndim != 0:
+            return call
+        return op(args[0], args[1])
+
+
+def _untir_minmax() -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="SqccUnTIRMinMax")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = _UnTIRMinMax(mod).visit_expr(func)
+        return mod
+
+    return _pass
+
+
+def _pad_to(o: int, lanes: int) -> int | None:
+    """Padded channel count, or None when ``o`` already suits the vector width."""
+    if o % lanes == 0 or o < 2 * lanes:
+        return None
+    # round up to a multiple of 2 vectors when that is cheap: more register-tile choices
+    for mult in (2 * lanes, lanes):
+        padded = -(-o // mult) * mult
+        if (padded - o) / o <= 0.05:
+            return padded
+    return -(-o // lanes) * lanes
+
+
+@relax.expr_functor.mutator
+class _PadOutChannels(relax.PyExprMutator):
+    def __init__(self, mod, lanes):
+        super().__init__(mod)
+        self.lanes = lanes
+        self.count = 0
+
+    def visit_call_(self, call):  # noqa: D401 -- mutator hook
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+            return call
+        attrs = call.attrs
+        w = call.args[1]
+        if (int(attrs.groups) != 1 or str(attrs.data_layout) != "NHWC"
+                or str(attrs.kernel_layout) != "HWIO" or str(attrs.out_layout) != "NHWC"
+                or not isinstance(w, _CONST)):
+            return call
+        wnp = w.value.numpy()
+        o = wnp.shape[-1]
+        padded = _pad_to(o, self.lanes)
+        if padded is None:
+            return call
+        wpad = np.zeros(wnp.shape[:-1] + (padded,), dtype=wnp.dtype)
+        wpad[..., :o] = wnp
+        conv = relax.op.nn.conv2d(
+            call.args[0], relax.const(wpad), strides=attrs.strides, padding=attrs.padding,
+            dilation=attrs.dilation, groups=1, data_layout="NHWC", kernel_layout="HWIO",
+            out_layout="NHWC", out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None)
+        conv = self.builder_.emit(conv)
+        self.count += 1
+        return relax.op.strided_slice(conv, axes=[3], begin=[0], end=[o])
+
+
+def pad_output_channels(lanes: int) -> tvm.transform.Pass:
+    """Pad NHWC/HWIO conv2d output channels with zero filters to a multiple of ``lanes``."""
+
+    @tvm.transform.module_pass(opt_level=0, name="SqccPadOutChannels")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                m = _PadOutChannels(mod, lanes)
+                mod[gv] = m.visit_expr(func)
+        return mod
+
+    return _pass

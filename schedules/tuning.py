@@ -1,0 +1,476 @@
+"""MetaSchedule tuning into a durable JSON database, and opening that database at build time.
+
+``tune(mod, target, trials, records_path)`` tunes the kernels sqcc's own build produces (same
+layout and fusion passes as :func:`sqcc.build.build`, so every record matches a kernel that is
+really built) and appends each measured candidate to the database as soon as it is measured.
+
+The database is TVM's ``JSONDatabase``: two JSON-lines files, ``records_path`` (tuning records)
+and ``<records_path minus .json>.workloads.json`` (the kernels they belong to). Both are only ever
+appended to, one line per record, so a run killed at any point loses at most the candidate being
+written; the next ``tune`` on the same path resumes, counting the records already there against
+each task's budget. On open, sqcc checks every line: a file that is not MetaSchedule JSON lines,
+or whose records were tuned for another CPU/target, is refused with a one-line ``SqccError`` and
+left untouched. The one repair it makes is dropping a torn (unterminated) last line left by a kill.
+
+Tasks are tuned one after another (largest estimated cost first) so that the budget per task is
+exact and resumable; a rich progress bar shows task, trials, best latency and ETA.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import tvm
+
+from sqcc.errors import SqccError
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- database files
+
+def database_paths(records_path: str | os.PathLike) -> tuple[Path, Path]:
+    """(tuning-record file, workload file) for a records path."""
+    p = Path(records_path)
+    stem = p.name[:-5] if p.name.endswith(".json") else p.name
+    return p, p.with_name(stem + ".workloads.json")
+
+
+def _target_key(target_json) -> dict:
+    """The target fields that decide whether a record applies: kind, CPU, triple, features, cores."""
+    if isinstance(target_json, tvm.target.Target):
+        t = target_json
+        target_json = {"kind": t.kind.name, **{str(k): _plain(t.attrs[k]) for k in t.attrs}}
+    keys = ("kind", "mcpu", "mtriple", "mattr", "num-cores")
+    out = {}
+    for k in keys:
+        v = target_json.get(k) if isinstance(target_json, dict) else None
+        if v in (None, "", []):
+            continue
+        out[k] = sorted(v) if isinstance(v, list) else v
+    return out
+
+
+def _plain(v):
+    """A target attribute as plain Python (str/int/list)."""
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if hasattr(v, "value") and isinstance(getattr(v, "value"), (int, float)):
+        return v.value
+    try:
+        return [_plain(x) for x in v] if not isinstance(v, str) and hasattr(v, "__iter__") \
+            and not hasattr(v, "items") else str(v)
+    except TypeError:
+        return str(v)
+
+
+def _check_lines(path: Path, what: str, repair_tail: bool = True) -> list:
+    """Parse a JSON-lines file; SqccError on anything but a torn last line (dropped)."""
+    if not path.exists():
+        return []
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SqccError(f"{path}: cannot read {what}: {err.strerror}") from err
+    if not data.strip():
+        return []
+    lines = data.split(b"\n")
+    torn = None
+    if not data.endswith(b"\n"):
+        torn = lines[-1]
+    body = lines[:-1]  # the piece after the last newline (empty or torn)
+    out = []
+    for i, raw in enumerate(body, 1):
+        if not raw.strip():
+            continue
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            raise SqccError(f"{path}: line {i} is not JSON: not a MetaSchedule {what} file "
+                            f"(corrupt?); refusing to use or overwrite it") from None
+    if torn is not None and torn.strip():
+        try:
+            out.append(json.loads(torn))
+            # a complete last line without its newline: add the newline so appends stay valid
+            if repair_tail:
+                with path.open("ab") as f:
+                    f.write(b"\n")
+        except ValueError:
+            if not repair_tail:
+                raise SqccError(f"{path}: last line is incomplete") from None
+            # a kill mid-append: the record never finished, drop just that partial line
+            log.warning("%s: dropping an incomplete last line (interrupted write)", path)
+            with path.open("r+b") as f:
+                f.truncate(len(data) - len(torn))
+    return out
+
+
+def _validate(records: Path, workloads: Path, target: tvm.target.Target) -> int:
+    """Check both files; return the number of tuning records. Raises SqccError."""
+    wl = _check_lines(workloads, "workload")
+    for i, w in enumerate(wl, 1):
+        if not (isinstance(w, list) and len(w) == 2 and isinstance(w[0], str)):
+            raise SqccError(f"{workloads}: line {i} is not a MetaSchedule workload "
+                            f"(corrupt or not a tuning database); refusing to use it")
+    recs = _check_lines(records, "tuning record")
+    want = _target_key(target)
+    for i, r in enumerate(recs, 1):
+        if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int)
+                and isinstance(r[1], list) and len(r[1]) >= 3):
+            raise SqccError(f"{records}: line {i} is not a MetaSchedule tuning record "
+                            f"(corrupt or not a tuning database); refusing to use it")
+        if not 0 <= r[0] < len(wl):
+            raise SqccError(f"{records}: line {i} refers to workload {r[0]} but "
+                            f"{workloads.name} has {len(wl)}: the two files do not belong together")
+        tgt = r[1][2] if isinstance(r[1][2], dict) else None
+        if tgt is None:
+            raise SqccError(f"{records}: line {i} has no target: not a MetaSchedule tuning record")
+        have = _target_key(tgt)
+        if have != want:
+            desc = lambda k: ", ".join(f"{a}={b}" for a, b in k.items())  # noqa: E731
+            raise SqccError(f"{records}: records were tuned for a different target ({desc(have)}), "
+                            f"not this one ({desc(want)}); use another records file")
+    return len(recs)
+
+
+def open_database(records_path, target, create: bool = False):
+    """Open (and check) the JSON database at ``records_path`` for ``target``.
+
+    ``create=False`` (build time): a missing database is an error. ``create=True`` (tuning):
+    the directory and files are created.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from sqcc.build import as_target
+
+    target = as_target(target)
+    records, workloads = database_paths(records_path)
+    if not records.exists() and not create:
+        raise SqccError(f"tuning records {records} not found (run sqcc tune first)")
+    if records.is_dir():
+        raise SqccError(f"tuning records {records} is a directory; give a .json file path")
+    if create:
+        try:
+            records.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SqccError(f"cannot create {records.parent}: {err.strerror}") from err
+    _validate(records, workloads, target)
+    try:
+        return ms.database.JSONDatabase(str(workloads), str(records), allow_missing=create)
+    except Exception as err:  # TVM's own parser: anything it still rejects is a bad database
+        raise SqccError(f"{records}: not a usable MetaSchedule database: "
+                        f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from err
+
+
+# --------------------------------------------------------------------------- light intrinsics
+
+_PKG = "tvm.s_tir.tensor_intrin"
+
+
+def light_tensor_intrin() -> None:
+    """Register only the CPU tensor intrinsics instead of all of ``tvm.s_tir.tensor_intrin``.
+
+    MetaSchedule imports the whole package in TuneContext and in every builder worker: 25-55 s on
+    these machines, almost all of it CUDA intrinsics a CPU target never uses. A stand-in package
+    module (same ``__path__``) makes that import a no-op; x86 and Arm intrinsics (VNNI, dot
+    products: ~1 s) are registered for real. Also the builder workers' initializer.
+    """
+    if _PKG in sys.modules:
+        return
+    import tvm.s_tir
+
+    stub = types.ModuleType(_PKG)
+    stub.__path__ = [os.path.join(os.path.dirname(tvm.s_tir.__file__), "tensor_intrin")]
+    stub.__sqcc_light__ = True
+    sys.modules[_PKG] = stub
+    from tvm.runtime import enabled
+
+    if enabled("llvm"):
+        import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401
+        import tvm.s_tir.tensor_intrin.x86  # noqa: F401
+
+
+@contextlib.contextmanager
+def _light_intrinsics(target):
+    """Use :func:`light_tensor_intrin` for CPU targets, and take the stand-in away afterwards so a
+    later import by other code (a CUDA build) gets the real package."""
+    installed = False
+    if target.kind.name in ("llvm", "c") and _PKG not in sys.modules:
+        light_tensor_intrin()
+        installed = True
+    try:
+        yield
+    finally:
+        if installed and getattr(sys.modules.get(_PKG), "__sqcc_light__", False):
+            del sys.modules[_PKG]
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def _task_cost(task) -> float:
+    """Rough cost to order tasks: FLOPs x how often the kernel runs."""
+    try:
+        from tvm.s_tir.analysis import estimate_tir_flops
+        return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+    except Exception:  # noqa: BLE001
+        return float(task.weight)
+
+
+def _count_records(db, mod) -> tuple[int, float | None]:
+    """(records for this workload, best measured seconds)."""
+    if not db.has_workload(mod):
+        return 0, None
+    wl = db.commit_workload(mod)
+    recs = [r for r in db.get_all_tuning_records() if r.workload.same_as(wl)]
+    best = db.get_top_k(wl, 1)
+    secs = None
+    if best:
+        rs = [float(x) for x in best[0].run_secs]
+        secs = sum(rs) / len(rs) if rs else None
+    return len(recs), secs
+
+
+def tune(mod: tvm.IRModule, target, trials: int, records_path: str,
+         max_trials_per_task: int | None = None, runner=None, *, builder=None,
+         num_trials_per_iter: int = 16, task_names: list[str] | None = None,
+         progress: bool = True, seed: int | None = None,
+         search_strategy="evolutionary", cost_model="xgb") -> str:
+    """Tune ``mod``'s kernels for ``target`` with MetaSchedule; records go to ``records_path``.
+
+    ``trials`` is the total number of measured candidates wanted in the database for this model
+    (records already there count: re-running resumes, and a finished database is a no-op).
+    ``max_trials_per_task`` caps each kernel (default: ``trials`` spread evenly). ``runner`` is
+    any MetaSchedule runner (``ms.runner.RPCRunner`` for a device farm); default LocalRunner.
+    ``task_names`` restricts tuning to kernels whose name contains one of the strings.
+    ``search_strategy``/``cost_model`` are MetaSchedule's (``"replay-trace"``/``"random"`` make
+    a quick smoke run without the evolutionary search's seconds of model-guided sampling).
+    Returns the records path, which :func:`sqcc.build.build` accepts as ``tuning_records``.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from sqcc.build import as_target, lower_to_tir
+
+    if not isinstance(trials, int) or trials < 1:
+        raise SqccError(f"tune: trials must be a positive integer, got {trials!r}")
+    if max_trials_per_task is not None and max_trials_per_task < 1:
+        raise SqccError(f"tune: max_trials_per_task must be positive, got {max_trials_per_task}")
+    target = as_target(target)
+    if target.kind.name == "llvm" and not target.attrs.get("num-cores"):
+        cfg = dict(target.export())
+        cfg["num-cores"] = os.cpu_count() or 1
+        target = tvm.target.Target(cfg)
+    db = open_database(records_path, target, create=True)
+    lowered = lower_to_tir(mod, target)
+
+    with _light_intrinsics(target):
+        tasks = ms.relax_integration.extract_tasks(lowered, target)
+        if task_names:
+            tasks = [t for t in tasks if any(n in t.task_name for n in task_names)]
+        tasks = [t for t in tasks if not t.dispatched[0].attrs.get("tirx.is_scheduled", False)]
+        if not tasks:
+            raise SqccError("tune: no kernels to tune" + (f" matching {task_names}" if task_names
+                                                           else ""))
+        tasks.sort(key=_task_cost, reverse=True)
+        per_task = max_trials_per_task or max(1, math.ceil(trials / len(tasks)))
+        plan = []
+        done_total = 0
+        for t in tasks:
+            have, best = _count_records(db, t.dispatched[0])
+            done_total += min(have, per_task)
+            plan.append([t, have, best])
+        left = max(0, trials - done_total)
+        work_dir = str(database_paths(records_path)[0].parent / "ms_logs")
+        if builder is None:
+            builder = ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1,
+                                              initializer=light_tensor_intrin)
+        if runner is None:
+            runner = ms.runner.LocalRunner(initializer=light_tensor_intrin)
+
+        # Baseline: sqcc's default schedule of each task, measured like any candidate and stored
+        # first, so the database's best is never worse than an untuned sqcc build.
+        for entry in plan:
+            if entry[1] == 0 and left > 0:
+                if _commit_default(db, entry[0], target, builder, runner):
+                    entry[1] = 1
+                    entry[2] = _count_records(db, entry[0].dispatched[0])[1]
+                    left -= 1
+        bar = _Progress(plan, per_task, enabled=progress)
+        with bar:
+            for i, (task, have, best) in enumerate(plan):
+                budget = min(per_task - have, left)
+                if budget <= 0:
+                    bar.skip(i)
+                    continue
+                bar.start(i, budget)
+                ctx = ms.TuneContext(mod=task.dispatched[0], target=target,
+                                     space_generator="post-order-apply",
+                                     search_strategy=search_strategy, task_name=task.task_name,
+                                     rand_state=-1 if seed is None else seed + i,
+                                     num_threads=os.cpu_count() or 1).clone()
+                callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+                callbacks.append(_progress_callback(bar, i))
+                ms.tune.tune_tasks(
+                    tasks=[ctx], task_weights=[1.0], work_dir=work_dir,
+                    max_trials_global=budget, max_trials_per_task=budget,
+                    num_trials_per_iter=min(num_trials_per_iter, budget),
+                    builder=builder, runner=runner, database=db,
+                    measure_callbacks=callbacks, cost_model=cost_model)
+                left -= budget
+                bar.finish(i, *_count_records(db, task.dispatched[0]))
+    return str(records_path)
+
+
+def _commit_default(db, task, target, builder, runner) -> bool:
+    """Measure sqcc's default schedule for ``task`` and commit it as a tuning record."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .apply import default_schedule
+    from .cpu import cpu_info
+
+    func = task.dispatched[0]["main"]
+    sch, _ = default_schedule(func, cpu_info(target))
+    if sch is None:
+        return False
+    try:
+        built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
+        if built.error_msg:
+            log.warning("default schedule of %s does not build: %s", task.task_name,
+                        built.error_msg.splitlines()[-1])
+            return False
+        args = ms.arg_info.ArgInfo.from_prim_func(func)
+        res = runner.run([ms.runner.RunnerInput(built.artifact_path, target.kind.default_device
+                                                if hasattr(target.kind, "default_device")
+                                                else "cpu", args)])[0].result()
+        if res.error_msg or not res.run_secs:
+            return False
+        wl = db.commit_workload(task.dispatched[0])
+        db.commit_tuning_record(ms.database.TuningRecord(
+            trace=sch.trace, workload=wl, run_secs=res.run_secs, target=target,
+            args_info=args))
+        return True
+    except Exception as err:  # noqa: BLE001 -- the baseline is an optimisation, never fatal
+        log.warning("could not measure the default schedule of %s: %s", task.task_name, err)
+        return False
+
+
+class _Progress:
+    """rich progress: one line per task (trials, best latency) and an overall bar with ETA."""
+
+    def __init__(self, plan, per_task, enabled=True):
+        self.enabled = enabled
+        self.plan = plan
+        self.per_task = per_task
+        self.p = None
+        self.rows = {}
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        self.p = Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("best {task.fields[best]:>10}"), TimeElapsedColumn(),
+                          TextColumn("ETA"), TimeRemainingColumn())
+        self.p.__enter__()
+        total = sum(max(0, self.per_task - have) for _, have, _ in self.plan)
+        self.overall = self.p.add_task(f"all {len(self.plan)} tasks", total=max(total, 1),
+                                       best="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.p is not None:
+            self.p.__exit__(*exc)
+
+    @staticmethod
+    def _fmt(secs):
+        return "-" if secs is None else f"{secs * 1e6:.1f} us"
+
+    def start(self, i, budget):
+        if self.p is None:
+            return
+        task, have, best = self.plan[i]
+        self.rows[i] = self.p.add_task(task.task_name[:44], total=have + budget, completed=have,
+                                       best=self._fmt(best))
+        self.best = {i: best}
+
+    def skip(self, i):
+        if self.p is None:
+            return
+        task, have, best = self.plan[i]
+        self.p.add_task(task.task_name[:44], total=max(have, 1), completed=have,
+                        best=self._fmt(best))
+
+    def advance(self, i, n, secs):
+        if self.p is None:
+            return
+        cur = self.best.get(i)
+        if secs is not None and (cur is None or secs < cur):
+            self.best[i] = cur = secs
+        self.p.update(self.rows[i], advance=n, best=self._fmt(cur))
+        self.p.update(self.overall, advance=n)
+
+    def finish(self, i, n, best):
+        if self.p is None:
+            return
+        self.p.update(self.rows[i], completed=n, best=self._fmt(best))
+
+
+def _progress_callback(bar: _Progress, i: int):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class _Cb(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            best = None
+            for r in runner_results:
+                if r.run_secs is not None and r.error_msg is None:
+                    rs = [float(x) for x in r.run_secs]
+                    if rs:
+                        s = sum(rs) / len(rs)
+                        best = s if best is None else min(best, s)
+            bar.advance(i, len(runner_results), best)
+
+    return _Cb()
+
+
+def _main(argv=None) -> int:  # python -m sqcc.schedules.tuning MODEL.onnx RECORDS TRIALS
+    import argparse
+
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from sqcc.build import host_target
+
+    ap = argparse.ArgumentParser(description="Tune an ONNX model's kernels for this host.")
+    ap.add_argument("model")
+    ap.add_argument("records")
+    ap.add_argument("trials", type=int)
+    ap.add_argument("--per-task", type=int, default=None)
+    ap.add_argument("--task", action="append", default=None, help="only kernels containing this")
+    a = ap.parse_args(argv)
+    m = onnx.load(a.model)
+    inp = m.graph.input[0]
+    shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+    mod = from_onnx(m, {inp.name: shape}, keep_params_in_input=False)
+    t0 = time.time()
+    try:
+        tune(mod, host_target(), a.trials, a.records, a.per_task, task_names=a.task)
+    except SqccError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"tuned in {time.time() - t0:.0f} s -> {a.records}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,653 @@
+"""Budget allocation: choose technique and rank per layer to meet a MAC (or parameter) budget with the
+least measured output error, and the sweep that draws the agreement/accuracy-vs-MACs Pareto curve.
+
+Allocation (greedy by error per MAC saved): every conv/matmul with a constant weight gets a list of
+candidate rewrites — lowrank (weight/channel SVD at every rank that saves MACs; spatial SVD on a grid of
+ranks), dwsep (every multiplier below full), flatten (a few term counts) — each priced by the exact
+MACs/params of its replacement chain and its error: with calibration activations the relative output
+error ‖(W − Ŵ)P‖/‖WP‖ on the real input patches of the layer (data-aware fits); without, the relative
+weight error (weight-only fits). Starting from the original model, the step that adds the least
+squared error per MAC (or parameter) removed — over all layers and all their cheaper candidates, so
+the path follows each layer's lower convex hull — is taken until the budget is met. The plan is
+realised by ordinary pass specs (``lowrank:scheme=channel,rank=12,layers=conv3,conv7,fit=data`` ...),
+so a plan is reproducible from the command line.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SqccError
+
+TECHNIQUES = ("lowrank", "dwsep", "flatten")
+
+
+@dataclass
+class Candidate:
+    technique: str  # lowrank:weight | lowrank:channel | lowrank:spatial | dwsep | flatten
+    rank: int
+    macs: int
+    params: int
+    error: float  # relative (output or weight) error of the layer
+
+
+@dataclass
+class PlanEntry:
+    layer: str
+    technique: str
+    rank: int
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    error: float
+
+    def to_json(self):
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    metric: str  # "macs" | "params"
+    target: float  # fraction of the original
+    fit: str  # "data" | "weight"
+    entries: list
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    error_measure: str = ""
+    seconds: float = 0.0
+    sensitivity: dict | None = None  # {layer: s} when measured
+    activations: dict | None = field(default=None, repr=False)  # calibration activations used (not saved)
+
+    @property
+    def fraction(self) -> float:
+        return (self.macs_after / self.macs_before) if self.metric == "macs" else \
+            (self.params_after / self.params_before)
+
+    @property
+    def pass_specs(self) -> list[str]:
+        """Pass specs that realise the plan (one per technique and rank, listing its layers)."""
+        groups: dict[tuple, list] = {}
+        for e in self.entries:
+            groups.setdefault((e.technique, e.rank), []).append(e.layer)
+        specs = []
+        for (tech, rank), layers in groups.items():
+            lay = ",".join(layers)
+            if tech.startswith("lowrank:"):
+                specs.append(f"lowrank:scheme={tech.split(':')[1]},rank={rank},fit={self.fit},layers={lay}")
+            elif tech == "dwsep":
+                specs.append(f"dwsep:multiplier={rank},fit={self.fit},layers={lay}")
+            elif tech == "flatten":
+                specs.append(f"flatten:rank={rank},iters=30,fit={self.fit},layers={lay}")
+        return specs
+
+    def to_json(self):
+        return {"metric": self.metric, "target": self.target, "fit": self.fit,
+                "achieved": self.fraction, "macs_before": self.macs_before, "macs_after": self.macs_after,
+                "params_before": self.params_before, "params_after": self.params_after,
+                "error_measure": self.error_measure, "passes": self.pass_specs,
+                "sensitivity": self.sensitivity,
+                "entries": [e.to_json() for e in self.entries], "seconds": self.seconds}
+
+    def table(self) -> str:
+        lines = [f"budget {self.metric}={self.target:g} ({self.fit} fit): MACs {self.macs_before:,} → "
+                 f"{self.macs_after:,} ({self.macs_after / self.macs_before:.3f}), params "
+                 f"{self.params_before:,} → {self.params_after:,} ({self.params_after / self.params_before:.3f})",
+                 f"{'layer':<12} {'technique':<16} {'rank':>5} {'MACs before':>12} {'MACs after':>12} "
+                 f"{'error':>8}"]
+        for e in self.entries:
+            lines.append(f"{e.layer:<12} {e.technique:<16} {e.rank:>5} {e.macs_before:>12,} "
+                         f"{e.macs_after:>12,} {e.error:>8.4f}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ the layers
+
+def layer_fits(mod, activations=None) -> list:
+    """LayerFit for every conv2d/matmul with a constant weight (Σ attached where activations exist)."""
+    from .passes import PassContext
+    from .passes._factor import layer_from_conv, layer_from_matmul
+    from .passes.base import apply_rewriter, make_conv_rewriter
+
+    ctx = PassContext(activations=activations)
+    out = []
+
+    def on_conv(builder, conv):
+        out.append(layer_from_conv(ctx, conv, activations is not None))
+        return None
+
+    def on_matmul(builder, name, x, w):
+        out.append(layer_from_matmul(ctx, name, tuple(int(d) for d in x.ty.shape), w,
+                                     activations is not None))
+        return None
+
+    apply_rewriter(mod, make_conv_rewriter(on_conv, on_matmul))
+    return out
+
+
+def _rank_grid(lo: int, hi: int, k: int = 20) -> list[int]:
+    """Up to ~k ranks in [lo, hi]: all of them when few, else a mix of linear and geometric steps."""
+    if hi < lo:
+        return []
+    if hi - lo + 1 <= k:
+        return list(range(lo, hi + 1))
+    geo = np.unique(np.round(np.geomspace(lo, hi, k // 2)).astype(int))
+    lin = np.unique(np.round(np.linspace(lo, hi, k // 2)).astype(int))
+    return sorted(set(geo.tolist()) | set(lin.tolist()))
+
+
+def candidates(layer, techniques=TECHNIQUES, use_data=True) -> list[Candidate]:
+    """Priced rewrites of one layer that use fewer MACs than it."""
+    from .passes._factor import chain_cost, output_error, weight_error
+    from .passes.dwsep import fit_dwsep
+    from .passes.flatten import fit_flatten
+    from .passes.low_rank import _channel_spectra, fit_spatial
+
+    data = use_data and layer.cov is not None
+    base = layer.macs
+    out: list[Candidate] = []
+    techniques = set(techniques)
+
+    def want(tech):
+        return tech in techniques or tech.split(":")[0] in techniques
+
+    def err(f):
+        e = output_error(layer, f.dense) if data else None
+        return e if e is not None else weight_error(layer, f.dense)
+
+    n, cg, kh, kw = layer.weight.shape
+    g = layer.groups
+    ng = n // g
+    tech = "lowrank:weight" if (kh, kw) == (1, 1) else "lowrank:channel"
+    if want(tech) or (layer.kind == "matmul" and want("lowrank:channel")):
+        # channel/weight SVD: MACs and error in closed form for every rank
+        d = cg * kh * kw
+        full = min(ng, d)
+        if layer.kind == "matmul":
+            rows = int(np.prod(layer.in_shape[:-1]))
+            macs_r = lambda r: rows * r * (d + n)  # noqa: E731
+            params_r = lambda r: r * (d + n)  # noqa: E731
+        else:
+            bsz, _, ho, wo = layer.out_shape
+            macs_r = lambda r: bsz * ho * wo * (g * r * d + n * r)  # noqa: E731
+            params_r = lambda r: g * r * d + n * r  # noqa: E731
+        spectra = _channel_spectra(layer, data)
+        if data:  # output energy E‖Wp‖² (the centred spectra leave out what the bias correction fixes)
+            tot = sum(float(np.sum((wg @ layer.cov[i]) * wg)) for i, wg in enumerate(layer.group_matrices()))
+        else:
+            tot = sum(float(lam.sum()) for lam, _ in spectra)
+        for r in range(1, full):
+            m = macs_r(r)
+            if m >= base:
+                break
+            lost = sum(float(lam[r:].sum()) for lam, _ in spectra)
+            out.append(Candidate(tech, r, int(m), int(params_r(r)), math.sqrt(max(lost, 0) / tot) if tot else 0.0))
+    if want("lowrank:spatial") and layer.kind == "conv" and kh > 1 and kw > 1:
+        if True:
+            full_s = min(cg * kh, ng * kw)
+            # MACs grow linearly in r: find the largest r that still saves MACs
+            f1 = fit_spatial(layer, 1, None, data)
+            m1, p1 = chain_cost(layer, f1)
+            rmax = min(full_s - 1, int((base - 1) // max(m1, 1)))
+            for r in _rank_grid(1, rmax, 14):
+                f = f1 if r == 1 else fit_spatial(layer, r, None, data)
+                m, p = chain_cost(layer, f)
+                if m < base:
+                    out.append(Candidate("lowrank:spatial", r, m, p, err(f)))
+    if layer.kind == "conv" and kh * kw > 1 and not (cg == 1 and ng == 1):
+        if want("dwsep"):
+            for mlt in range(1, min(ng, kh * kw)):
+                f = fit_dwsep(layer, mlt, data)
+                if isinstance(f, str):
+                    break
+                m, p = chain_cost(layer, f)
+                if m >= base:
+                    break
+                out.append(Candidate("dwsep", mlt, m, p, err(f)))
+        if want("flatten"):
+            for rr in (1, 2, 3, 4, 6):
+                if rr >= kh * min(cg, kw):
+                    break
+                f = fit_flatten(layer, rr, data, iters=30, restarts=0)
+                if isinstance(f, str):
+                    break
+                m, p = chain_cost(layer, f)
+                if m >= base:
+                    break
+                out.append(Candidate("flatten", rr, m, p, err(f)))
+    return out
+
+
+def price(mod, activations=None, techniques=TECHNIQUES, use_data=True, progress=None) -> list:
+    """[(LayerFit, [Candidate])] for every rewritable layer: the expensive part of allocation, reusable
+    across budgets (``allocate(..., priced=...)``)."""
+    out = []
+    for lf in layer_fits(mod, activations if use_data else None):
+        cands = candidates(lf, techniques, use_data)
+        out.append((lf, cands))
+        if progress:
+            progress(f"budget: priced {lf.name} ({len(cands)} candidates)")
+    return out
+
+
+def _model_totals(mod):
+    from .layers import layers, totals
+
+    t = totals(layers(mod))
+    return t["macs"], t["params"]
+
+
+def allocate(mod, activations=None, macs: float | None = None, params: float | None = None,
+             techniques=TECHNIQUES, fit: str = "auto", progress=None, priced=None,
+             sensitivity: dict | None = None) -> Plan:
+    """Plan per-layer rewrites so the model's MACs (or params) drop to the given fraction with the
+    least total squared relative error. ``fit``: data (needs activations), weight, or auto.
+    ``sensitivity`` ({layer: s}, from :func:`layer_sensitivity`) weights each layer's squared error
+    by how much of it reaches the model's output."""
+    t0 = time.perf_counter()
+    if (macs is None) == (params is None):
+        raise SqccError("budget: give exactly one of macs=F or params=F")
+    metric, target = ("macs", macs) if macs is not None else ("params", params)
+    try:
+        target = float(target)
+    except (TypeError, ValueError):
+        raise SqccError(f"budget {metric}={target}: expected a fraction in (0, 1]") from None
+    if not (0.0 < target <= 1.0):
+        raise SqccError(f"budget {metric}={target:g} out of range: expected a fraction in (0, 1]")
+    known = set(TECHNIQUES) | {"lowrank:weight", "lowrank:channel", "lowrank:spatial"}
+    bad = [t for t in techniques if t not in known]
+    if bad:
+        raise SqccError(f"budget: unknown technique(s) {', '.join(bad)} (available: {', '.join(TECHNIQUES)})")
+    if fit == "data" and activations is None:
+        raise SqccError("budget with fit=data needs calibration activations (--calibration DIR)")
+    use_data = activations is not None and fit != "weight"
+    total_macs, total_params = _model_totals(mod)
+    total = total_macs if metric == "macs" else total_params
+    if priced is None:
+        priced = price(mod, activations if use_data else None, techniques, use_data, progress)
+    per_layer = [(lf, [c for c in cands if c.technique in techniques or c.technique.split(":")[0] in techniques])
+                 for lf, cands in priced]
+    cost = (lambda c: c.macs) if metric == "macs" else (lambda c: c.params)
+    base_cost = [(lf.macs if metric == "macs" else lf.params) for lf, _ in per_layer]
+    rewritable = sum(base_cost)
+    fixed = total - rewritable
+    min_reach = fixed + sum(min([b] + [cost(c) for c in cands]) for b, (lf, cands) in zip(base_cost, per_layer))
+    goal = target * total
+    if min_reach > goal + 1e-9:
+        raise SqccError(f"budget {metric}={target:g} is unreachable: with {', '.join(techniques)} the "
+                        f"smallest reachable is {metric}={min_reach / total:.3f} of the original")
+    # Greedy: current choice per layer (None = original), then the cheapest error per unit saved.
+    sens = [float((sensitivity or {}).get(lf.name, 1.0)) for lf, _ in per_layer]
+    cur = [None] * len(per_layer)
+    cur_cost = list(base_cost)
+    cur_err2 = [0.0] * len(per_layer)
+    spent = fixed + sum(cur_cost)
+    while spent > goal:
+        best = None
+        for i, (lf, cands) in enumerate(per_layer):
+            for c in cands:
+                saved = cur_cost[i] - cost(c)
+                if saved <= 0:
+                    continue
+                ratio = sens[i] * (c.error ** 2 - cur_err2[i]) / saved
+                if best is None or ratio < best[0]:
+                    best = (ratio, i, c)
+        if best is None:  # cannot happen when min_reach <= goal
+            break
+        _, i, c = best
+        if spent - (cur_cost[i] - cost(c)) < goal:
+            # the last step: of all steps that reach the budget, take the one adding the least error
+            # (so a big cheap-per-MAC jump does not overshoot the budget by much)
+            fin = None
+            for j, (lf, cands) in enumerate(per_layer):
+                for cc in cands:
+                    saved = cur_cost[j] - cost(cc)
+                    if saved <= 0 or spent - saved > goal:
+                        continue
+                    add = sens[j] * (cc.error ** 2 - cur_err2[j])
+                    if fin is None or add < fin[0]:
+                        fin = (add, j, cc)
+            if fin is not None:
+                _, i, c = fin
+        spent -= cur_cost[i] - cost(c)
+        cur[i], cur_cost[i], cur_err2[i] = c, cost(c), c.error ** 2
+    entries = []
+    macs_after, params_after = total_macs, total_params
+    for (lf, _), c in zip(per_layer, cur):
+        if c is None:
+            continue
+        entries.append(PlanEntry(lf.name, c.technique, c.rank, lf.macs, c.macs, lf.params, c.params, c.error))
+        macs_after -= lf.macs - c.macs
+        params_after -= lf.params - c.params
+    measure = "relative output error on calibration activations" if use_data else "relative weight error"
+    if sensitivity:
+        measure += ", weighted by measured end-to-end sensitivity"
+    return Plan(metric, target, "data" if use_data else "weight", entries, total_macs, macs_after,
+                total_params, params_after, measure, time.perf_counter() - t0)
+
+
+def parse_budget(budget) -> dict:
+    """``"macs=0.7"`` / ``{"macs": 0.7}`` → ``{"macs": 0.7}`` (one of macs, params)."""
+    if isinstance(budget, dict):
+        items = dict(budget)
+    else:
+        items = {}
+        for tok in str(budget).split(","):
+            k, sep, v = tok.partition("=")
+            if not sep:
+                raise SqccError(f"--budget {budget}: expected macs=F or params=F (F a fraction, e.g. macs=0.7)")
+            items[k.strip()] = v.strip()
+    unknown = [k for k in items if k not in ("macs", "params")]
+    if unknown or len(items) != 1:
+        raise SqccError(f"--budget {budget}: expected exactly one of macs=F or params=F")
+    (k, v), = items.items()
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise SqccError(f"--budget {k}={v}: expected a fraction in (0, 1]") from None
+    if not (0.0 < v <= 1.0):
+        raise SqccError(f"--budget {k}={v:g} out of range: expected a fraction in (0, 1]")
+    return {k: v}
+
+
+def plan_budget(model, budget, calib_feeds=None, progress=None, techniques=TECHNIQUES,
+                activations=None, sensitivity: bool = False, sensitivity_inputs: int = 8) -> Plan:
+    """The API's entry: ``model`` a frontend.Model, ``budget`` "macs=0.7" or a dict, ``calib_feeds``
+    calibration inputs (None → weight-only allocation and fits). With calibration and
+    ``sensitivity``, each layer's error is weighted by its measured effect on the predictions (one
+    build per layer, on ``sensitivity_inputs`` of the calibration inputs). The returned plan carries
+    the activations it used (``plan.activations``) so the caller need not collect them again."""
+    b = parse_budget(budget)
+    if activations is None and calib_feeds:
+        from .calibrate import collect_activations
+
+        activations = collect_activations(model.mod, calib_feeds, progress=progress)
+    fit = "data" if activations is not None else "weight"
+    priced = price(model.mod, activations, techniques, fit == "data", progress)
+    sens = None
+    if sensitivity and fit == "data" and calib_feeds:
+        sens = layer_sensitivity(model.mod, priced, activations, list(calib_feeds)[:sensitivity_inputs],
+                                 progress=progress)
+    plan = allocate(model.mod, activations, techniques=techniques, progress=progress, fit=fit,
+                    priced=priced, sensitivity=sens, **b)
+    plan.sensitivity = sens
+    plan.activations = activations
+    return plan
+
+
+TAGS = {"lowrank": "lr", "dwsep": "dw", "flatten": "fl"}
+
+
+def _spec_for(c: Candidate, layer: str, fit: str) -> str:
+    e = PlanEntry(layer, c.technique, c.rank, 0, 0, 0, 0, c.error)
+    return Plan("macs", 1.0, fit, [e], 0, 0, 0, 0).pass_specs[0]
+
+
+def _kl(ref, y):
+    """Mean KL(softmax(ref) ‖ softmax(y)) over rows: how far the predictions moved."""
+    def logsm(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+    lp, lq = logsm(np.asarray(ref, np.float64)), logsm(np.asarray(y, np.float64))
+    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+
+
+def layer_sensitivity(mod, priced, activations, feeds, probe: float = 0.15, progress=None) -> dict:
+    """{layer: s}: how much a layer's relative output error moves the model's predictions, measured.
+    Per layer, the candidate whose error is nearest ``probe`` is applied alone, the model is built and
+    run on ``feeds``, and s = KL(softmax(original logits) ‖ softmax(new logits)) / (layer error)²
+    (KL is quadratic in small logit changes, so s·error² estimates each layer's share). One build
+    per layer."""
+    ref = _logits(mod, feeds)
+    out = {}
+    for lf, cands in priced:
+        if not cands:
+            continue
+        c = min(cands, key=lambda c: abs(c.error - probe))
+        if c.error <= 0:
+            continue
+        new, _ = realise(mod, [_spec_for(c, lf.name, "data")], activations)
+        y = _logits(new, feeds)
+        kl = _kl(ref, y)
+        out[lf.name] = kl / c.error ** 2
+        if progress:
+            progress(f"sensitivity {lf.name}: {out[lf.name]:.3g} ({c.technique} rank {c.rank}, "
+                     f"layer error {c.error:.3f} → KL {kl:.4f}, top-1 kept "
+                     f"{float((y.argmax(1) == ref.argmax(1)).mean()):.2f})")
+    return out
+
+
+def realise(mod, specs, activations=None, feeds=None, rounds: int = 1, progress=None):
+    """Apply pass ``specs`` to ``mod``; with calibration ``activations`` *and* the calibration
+    ``feeds`` they came from, then re-fit in ``rounds`` more passes: run the rewritten model on the
+    feeds, collect the inputs each rewritten layer now sees (p̂, carrying upstream errors) and refit
+    each layer's last factor so that it maps p̂ to the original layer's output (Zhang et al. 2016's
+    asymmetric reconstruction, one sweep). Returns (module, LayerRecords of the last round)."""
+    from tvm import relax
+
+    from . import passes
+    from .calibrate import collect_activations
+
+    def run(hat):
+        ctx = passes.PassContext(activations=activations)
+        if hat:
+            ctx.extra["activations_hat"] = hat
+        out = mod
+        for spec in specs:
+            out = passes.create(spec, ctx)(out)
+        return relax.transform.CanonicalizeBindings()(out), ctx
+
+    new, ctx = run(None)
+    if activations is None or not feeds:
+        return new, ctx.records
+    for k in range(rounds):
+        done = ctx.extra.get("rewritten", {})
+        first = {name: f"{name}__{TAGS[tech.split(':')[0]]}0" for name, tech in done.items()}
+        if not first:
+            break
+        if progress:
+            progress(f"refit round {k + 1}: collecting the rewritten model's activations")
+        got = collect_activations(new, feeds, layers=list(first.values()), max_samples=len(feeds))
+        hat = {name: got[n] for name, n in first.items() if n in got}
+        new, ctx = run(hat)
+    return new, ctx.records
+
+
+def apply_plan(mod, plan: Plan, activations=None, feeds=None, rounds: int = 0):
+    """Run the plan's passes over ``mod`` (see :func:`realise`); returns (new module, LayerRecords)."""
+    return realise(mod, plan.pass_specs, activations if plan.fit == "data" else None, feeds, rounds)
+
+
+# ----------------------------------------------------------------------------------------- sweep
+
+def _build_runner(mod):
+    import tvm
+    from tvm import relax
+
+    from .build import build
+
+    ex = build(mod, "host")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    names = [p.name for p in mod["main"].params]
+
+    def run(feed):
+        out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feed[n])) for n in names])
+        if hasattr(out, "numpy"):
+            return out.numpy()
+        return out[0].numpy()
+
+    return run
+
+
+def _logits(mod, feeds, progress=None, label=""):
+    run = _build_runner(mod)
+    out = []
+    for k, f in enumerate(feeds):
+        out.append(np.asarray(run(f)).reshape(-1))
+        if progress and (k + 1) % 50 == 0:
+            progress(f"{label} {k + 1}/{len(feeds)}")
+    return np.stack(out)
+
+
+def eval_set(model, folder, limit=None):
+    """(feeds, labels or None) from a labelled image folder, with the model's preprocessing."""
+    from .calibrate import load_calibration_images
+    from .preprocess import list_images, load_labels
+
+    labels = load_labels(folder)
+    files = list_images(folder)
+    xs = load_calibration_images(folder, model.preprocess, limit, model.inputs[0])
+    if limit is not None and limit < len(files):
+        idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files = [files[i] for i in idx]
+    feeds = [{model.inputs[0].name: x} for x in xs]
+    y = None
+    if labels is not None:
+        y = np.array([labels.get(f.name, -1) for f in files])
+    return feeds, y, [f.name for f in files]
+
+
+def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight", "data"),
+          metric: str = "macs", techniques=TECHNIQUES, plot: str | None = None, eval_limit=None,
+          calibration_limit: int = 32, refit_rounds: int = 0, sensitivity: bool = False,
+          progress=None) -> list[dict]:
+    """For each budget and fitting mode: plan, rewrite, build, run on the evaluation images and
+    measure MACs, params, top-1 agreement with the original, logit relative error and (with labels)
+    top-1 accuracy. ``model``: name/path or frontend.Model; ``calibration_inputs``: a folder or
+    ``[{input: array}]``; ``eval_images``: a labelled folder or feeds (default: the calibration
+    inputs). Writes a Pareto PNG to ``plot`` when given. Returns one row (dict) per (budget, mode),
+    plus the original as budget 1.0."""
+    from . import frontend
+    from .calibrate import calibration_feeds, collect_activations
+
+    say = progress or (lambda msg: None)
+    m = model if hasattr(model, "mod") else frontend.load(model)
+    if isinstance(calibration_inputs, (str, Path)):
+        calib = calibration_feeds(m, calibration_inputs, limit=calibration_limit)
+    else:
+        calib = list(calibration_inputs)
+    labels, names = None, None
+    if eval_images is None:
+        feeds = calib
+    elif isinstance(eval_images, (str, Path)):
+        feeds, labels, names = eval_set(m, eval_images, eval_limit)
+    else:
+        feeds = list(eval_images)
+    offset = m.preprocess.class_offset if m.preprocess else 0
+    say(f"calibration: {len(calib)} inputs; evaluation: {len(feeds)} inputs")
+    acts = collect_activations(m.mod, calib, max_samples=len(calib), progress=None) \
+        if "data" in modes else None
+    ref = _logits(m.mod, feeds, say, "original")
+    ref_top1 = ref.argmax(1)
+    total_macs, total_params = _model_totals(m.mod)
+    import hashlib
+
+    def digest(feed):
+        return hashlib.sha1(b"".join(np.ascontiguousarray(v).tobytes() for _, v in sorted(feed.items()))).hexdigest()
+
+    seen = {digest(f) for f in calib}
+    heldout = np.array([digest(f) not in seen for f in feeds])
+
+    def row(budget, mode, logits, macs, params, plan=None):
+        top1 = logits.argmax(1)
+        r = {"model": m.name, "budget": budget, "mode": mode, "macs": int(macs), "macs_frac": macs / total_macs,
+             "params": int(params), "params_frac": params / total_params,
+             "agreement": float((top1 == ref_top1).mean()),
+             "agreement_heldout": float((top1 == ref_top1)[heldout].mean()) if heldout.any() else None,
+             "logit_rel_err": float(np.linalg.norm(logits - ref) / np.linalg.norm(ref)),
+             "kl": _kl(ref, logits), "n_eval": len(feeds), "n_heldout": int(heldout.sum())}
+        if labels is not None:
+            ok = labels >= 0
+            r["accuracy"] = float((top1[ok] - offset == labels[ok]).mean())
+        if plan is not None:
+            r["passes"] = plan.pass_specs
+            r["layers_rewritten"] = len(plan.entries)
+            r["plan"] = [e.to_json() for e in plan.entries]
+        return r
+
+    rows = [row(1.0, "original", ref, total_macs, total_params)]
+    priced: dict = {}
+    sens = None
+    say(f"original: accuracy {rows[0].get('accuracy', float('nan')):.3f}")
+    for b in budgets:
+        for mode in modes:
+            t0 = time.perf_counter()
+            if mode not in priced:
+                priced[mode] = price(m.mod, acts if mode == "data" else None, techniques, mode == "data")
+                say(f"priced {mode} candidates")
+                if mode == "data" and sensitivity:
+                    sens = layer_sensitivity(m.mod, priced[mode], acts, calib[:8], progress=say)
+            plan = allocate(m.mod, acts if mode == "data" else None, techniques=techniques,
+                            fit=mode, priced=priced[mode], sensitivity=sens if mode == "data" else None,
+                            **{metric: b})
+            mod, _ = apply_plan(m.mod, plan, acts, calib if mode == "data" else None, refit_rounds)
+            logits = _logits(mod, feeds)
+            r = row(b, mode, logits, plan.macs_after, plan.params_after, plan)
+            r["seconds"] = time.perf_counter() - t0
+            rows.append(r)
+            say(f"{metric}={b:g} {mode}: MACs {r['macs_frac']:.3f} agreement {r['agreement']:.3f}"
+                + (f" accuracy {r['accuracy']:.3f}" if "accuracy" in r else "") + f" ({r['seconds']:.0f}s)")
+    if plot:
+        plot_pareto(rows, plot, metric)
+    return rows
+
+
+def plot_pareto(rows, path, metric="macs"):
+    """Agreement (and accuracy) vs MAC (or param) fraction, one line per fitting mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    orig = next((r for r in rows if r["mode"] == "original"), None)
+    key = f"{metric}_frac"
+    styles = {"weight": ("tab:orange", "weight-only"), "data": ("tab:blue", "data-aware")}
+    for mode, (color, label) in styles.items():
+        rs = sorted([r for r in rows if r["mode"] == mode], key=lambda r: r[key])
+        if not rs:
+            continue
+        xs = [r[key] for r in rs] + ([1.0] if orig else [])
+        ax.plot(xs, [r["agreement"] for r in rs] + ([1.0] if orig else []), "o-", color=color,
+                label=f"{label}: top-1 agreement")
+        if all("accuracy" in r for r in rs):
+            ax.plot(xs, [r["accuracy"] for r in rs] + ([orig["accuracy"]] if orig and "accuracy" in orig else []),
+                    "s--", color=color, alpha=0.7, label=f"{label}: top-1 accuracy")
+    if orig and "accuracy" in orig:
+        ax.axhline(orig["accuracy"], color="grey", lw=0.8, ls=":", label="original accuracy")
+    name = rows[0].get("model", "") if rows else ""
+    ax.set_xlabel(f"{'MAC' if metric == 'macs' else 'parameter'} fraction of the original")
+    ax.set_ylabel("fraction of evaluation images")
+    ax.set_title(f"{name}: low-rank budget sweep (no retraining)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def format_rows(rows) -> str:
+    """The sweep as a Markdown table."""
+    head = ("| budget | mode | MACs | MAC frac | params | param frac | top-1 agreement | agreement (held-out) "
+            "| top-1 accuracy | logit rel err |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "–"
+        ho = f"{r['agreement_heldout']:.3f} ({r['n_heldout']})" if r.get("agreement_heldout") is not None else "–"
+        lines.append(f"| {r['budget']:g} | {r['mode']} | {r['macs']:,} | {r['macs_frac']:.3f} | {r['params']:,} | "
+                     f"{r['params_frac']:.3f} | {r['agreement']:.3f} | {ho} | {acc} | {r['logit_rel_err']:.3f} |")
+    return "\n".join(lines)
+
+
+def save_rows(rows, path):
+    Path(path).write_text(json.dumps(rows, indent=1))

@@ -1,0 +1,128 @@
+"""Budget allocation: meets the budget, realised by ordinary pass specs, errors for unreachable and
+malformed budgets; data-aware beats weight-only at the same MAC budget on SqueezeNet."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sqcc import budget, frontend, passes
+from sqcc.errors import SqccError
+
+from test_passes_lowrank import MODELS, SHARED, needs_models, rel, squeezenet, tvm_run  # noqa: F401
+
+IMAGES = SHARED / "data" / "imagenet-sample"
+FAST = ("lowrank:weight", "lowrank:channel")  # closed-form pricing: keeps the tests quick
+
+
+@needs_models
+def test_allocation_meets_budget_and_is_realised_by_pass_specs(squeezenet):
+    plan = budget.allocate(squeezenet.mod, macs=0.6, techniques=FAST)
+    assert plan.fit == "weight" and plan.macs_after <= 0.6 * plan.macs_before
+    assert plan.entries and all(e.macs_after < e.macs_before for e in plan.entries)
+    specs = plan.pass_specs
+    assert all(s.startswith("lowrank:scheme=") and "layers=" in s for s in specs)
+    ctx = passes.PassContext()
+    mod = squeezenet.mod
+    for s in specs:
+        mod = passes.create(s, ctx)(mod)
+    from sqcc.layers import layers, totals
+
+    assert totals(layers(mod))["macs"] == plan.macs_after
+    assert sum(r.applied for r in ctx.records) == len(plan.entries)
+    js = plan.to_json()
+    assert js["passes"] == specs and abs(js["achieved"] - plan.fraction) < 1e-12
+    assert "conv25" in plan.table()
+
+
+@needs_models
+def test_params_budget(squeezenet):
+    plan = budget.allocate(squeezenet.mod, params=0.5, techniques=FAST)
+    assert plan.params_after <= 0.5 * plan.params_before
+
+
+@needs_models
+def test_unreachable_budget_says_smallest(squeezenet):
+    with pytest.raises(SqccError) as e:
+        budget.allocate(squeezenet.mod, macs=0.01, techniques=FAST)
+    msg = str(e.value)
+    assert "unreachable" in msg and "smallest reachable is macs=0." in msg
+
+
+@pytest.mark.parametrize("text, msg", [("macs=0", "out of range"), ("macs=1.5", "out of range"),
+                                       ("flops=0.5", "exactly one of"), ("macs", "expected macs=F"),
+                                       ("macs=abc", "expected a fraction"),
+                                       ("macs=0.5,params=0.5", "exactly one of")])
+def test_bad_budget_text(text, msg):
+    with pytest.raises(SqccError) as e:
+        budget.parse_budget(text)
+    assert msg in str(e.value)
+
+
+@needs_models
+def test_data_aware_beats_weight_only_on_squeezenet(squeezenet):
+    """Same MAC budget (0.7), 6 calibration images, 6 other images to judge: data-aware fitting and
+    allocation give lower logit error and at least the same top-1 agreement."""
+    from sqcc.calibrate import collect_activations, load_calibration_images
+
+    files_calib = load_calibration_images(IMAGES, squeezenet.preprocess, 6, squeezenet.inputs[0])
+    name = squeezenet.inputs[0].name
+    acts = collect_activations(squeezenet.mod, [{name: x} for x in files_calib])
+    feeds, _, _ = budget.eval_set(squeezenet, IMAGES, 13)
+    feeds = feeds[1::2]  # not the calibration images
+    ref = np.stack([tvm_run(squeezenet.mod, f).reshape(-1) for f in feeds])
+    out = {}
+    for mode in ("weight", "data"):
+        plan = budget.allocate(squeezenet.mod, acts if mode == "data" else None, macs=0.7, techniques=FAST,
+                               fit=mode)
+        assert plan.fit == mode and plan.macs_after <= 0.7 * plan.macs_before
+        mod, records = budget.apply_plan(squeezenet.mod, plan, acts)
+        import tvm
+        from tvm import relax
+
+        vm = relax.VirtualMachine(relax.build(mod, "llvm"), tvm.cpu())
+        y = np.stack([vm["main"](tvm.runtime.tensor(f[name])).numpy().reshape(-1) for f in feeds])
+        out[mode] = (rel(y, ref), float((y.argmax(1) == ref.argmax(1)).mean()))
+        if mode == "data":
+            assert all(r.output_error is not None for r in records if r.applied)
+    assert out["data"][0] < out["weight"][0], out
+    assert out["data"][1] >= out["weight"][1], out
+
+
+def two_conv_model():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 4, 3, 3)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((10, 16, 3, 3)).astype(np.float32) * 0.3
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="c1"),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "w2"], ["c"], kernel_shape=[3, 3], strides=[2, 2], name="c2"),
+             helper.make_node("GlobalAveragePool", ["c"], ["d"]),
+             helper.make_node("Flatten", ["d"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return frontend.load(model)
+
+
+def test_sensitivity_and_refit_on_small_model():
+    from sqcc.calibrate import collect_activations
+
+    m = two_conv_model()
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 4, 12, 12)).astype(np.float32)} for _ in range(6)]
+    acts = collect_activations(m.mod, feeds)
+    assert set(acts) == {"c1", "c2"}
+    priced = budget.price(m.mod, acts)
+    sens = budget.layer_sensitivity(m.mod, priced, acts, feeds[:3])
+    assert set(sens) == {"c1", "c2"} and all(v >= 0 for v in sens.values())
+    plan = budget.allocate(m.mod, acts, macs=0.6, priced=priced, sensitivity=sens)
+    assert plan.macs_after <= 0.6 * plan.macs_before and "sensitivity" in plan.error_measure
+    # one round of refitting the last factors to the rewritten model's own inputs
+    mod, records = budget.apply_plan(m.mod, plan, acts, feeds, rounds=1)
+    assert all(r.output_error is not None for r in records if r.applied)
+    y = tvm_run(mod, feeds[0])
+    assert y.shape == (1, 10) and np.isfinite(y).all()
