@@ -105,12 +105,7 @@ class Factorization:
     bias: np.ndarray | None = None  # per-output-channel correction added after the chain
 
 
-def conv_out_hw(h, w, kernel, strides, padding, dilation):
-    kh, kw = kernel
-    pt, pl, pb, pr = padding
-    ho = (h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1
-    wo = (w + pl + pr - dilation[1] * (kw - 1) - 1) // strides[1] + 1
-    return ho, wo
+from ..calibrate import conv_out_hw  # noqa: E402,F401  (one definition, re-exported here)
 
 
 def chain_cost(layer: LayerFit, f: Factorization) -> tuple[int, int]:

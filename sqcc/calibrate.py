@@ -158,6 +158,7 @@ def collect_activations(model_mod, inputs: list, layers=None, max_samples: int =
 # ---------------------------------------------------------------------------------- patch statistics
 
 def conv_out_hw(h, w, kernel, strides, padding, dilation):
+    """Output height and width of a conv (padding: top, left, bottom, right)."""
     kh, kw = kernel
     pt, pl, pb, pr = padding
     ho = (h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1

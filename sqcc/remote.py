@@ -124,28 +124,17 @@ def _device(sess, manifest):
 
 
 def _inputs(manifest, inputs) -> list[np.ndarray]:
+    """Inputs checked against the package's specs (random ones when None), as Package.run does."""
+    from types import SimpleNamespace
+
+    from .package import Package
+
     specs = manifest["inputs"]
-    if isinstance(inputs, dict):
-        missing = [s["name"] for s in specs if s["name"] not in inputs]
-        if missing:
-            raise SqccError(f"missing input(s) {', '.join(missing)}")
-        arrs = [inputs[s["name"]] for s in specs]
-    elif isinstance(inputs, (list, tuple)):
-        arrs = list(inputs)
-    elif inputs is None:
+    if inputs is None:
         rng = np.random.default_rng(0)
-        arrs = [rng.random(s["shape"], dtype=np.float32).astype(s["dtype"]) for s in specs]
-    else:
-        arrs = [inputs]
-    if len(arrs) != len(specs):
-        raise SqccError(f"the model takes {len(specs)} input(s), {len(arrs)} given")
-    out = []
-    for a, s in zip(arrs, specs):
-        a = np.asarray(a)
-        if list(a.shape) != list(s["shape"]):
-            raise SqccError(f"input '{s['name']}': shape {list(a.shape)} given, {list(s['shape'])} expected")
-        out.append(np.ascontiguousarray(a.astype(s["dtype"], copy=False)))
-    return out
+        inputs = [rng.random(s["shape"], dtype=np.float32).astype(s["dtype"]) for s in specs]
+    return Package._as_inputs(SimpleNamespace(inputs=Package.inputs.fget(SimpleNamespace(manifest=manifest))),
+                              inputs)
 
 
 class RemoteVM:

@@ -70,7 +70,11 @@ def test_bench_compare_onnxruntime(sq_tar):
     assert r["sqcc"]["min_ms"] <= r["sqcc"]["median_ms"] <= r["sqcc"]["max_ms"]
     assert abs(r["ratio"] - r["sqcc"]["median_ms"] / r["peer"]["median_ms"]) < 1e-9
     p = run_cli("bench", sq_tar, "--compare", "onnxruntime", "--repeat", "30", check=0)
-    assert "ratio sqcc/onnxruntime" in p.stdout and "threads 2" in p.stdout or "threads" in p.stdout
+    import os
+
+    # without --threads, every core this process may use (the default TVM_NUM_THREADS sqcc sets)
+    assert "ratio sqcc/onnxruntime" in p.stdout
+    assert f"threads {len(os.sched_getaffinity(0))} " in p.stdout
 
 
 def test_passes_and_targets_list():
