@@ -14,8 +14,6 @@ from sqcc.passes._factor import reference_chain, reference_conv2d
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODELS = SHARED / "models"
-needs_models = pytest.mark.skipif(not (MODELS / "mobilenet_v1_0.5_160.onnx").is_file(),
-                                  reason="shared models not present")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -142,7 +140,6 @@ def geometry_check(spec, geometry, expect_applied=True):
 
 # -------------------------------------------------------------------------------------- exactness
 
-@needs_models
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 @pytest.mark.parametrize("data", [False, True], ids=["weights", "data"])
 def test_full_rank_exact_per_layer(squeezenet, mobilenet, scheme, data):
@@ -153,7 +150,6 @@ def test_full_rank_exact_per_layer(squeezenet, mobilenet, scheme, data):
         assert n >= (4 if scheme == "channel" else 2)
 
 
-@needs_models
 def test_full_rank_end_to_end_squeezenet(squeezenet):
     feed = frontend.random_inputs(squeezenet)
     y0 = tvm_run(squeezenet.mod, feed)
@@ -163,7 +159,6 @@ def test_full_rank_end_to_end_squeezenet(squeezenet):
     assert rel(tvm_run(mod, feed), y0) < 1e-4
 
 
-@needs_models
 def test_full_rank_end_to_end_mobilenet_spatial_and_weight(mobilenet):
     """Spatial SVD on every 3×3 (incl. the 13 depthwise convs, per group), then weight SVD on the 1×1s
     and the final matmul."""
@@ -212,7 +207,6 @@ def test_matmul_weight_svd():
 
 # ----------------------------------------------------------------------------- reduced rank, records
 
-@needs_models
 def test_reduced_rank_reports_its_error(squeezenet):
     from sqcc.budget import layer_fits
 
@@ -241,7 +235,6 @@ def test_reduced_rank_reports_its_error(squeezenet):
     assert "conv3__lr0" in text
 
 
-@needs_models
 def test_energy_and_mac_rule(squeezenet):
     ctx = PassContext()
     passes.create("lowrank:scheme=weight,energy=0.5,layers=conv3,conv4,conv25", ctx)(squeezenet.mod)

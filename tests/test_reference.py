@@ -10,7 +10,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODELS = SHARED / "models"
 MNIST = SHARED / "data" / "mnist-8"
 
-pytestmark = pytest.mark.skipif(not MODELS.is_dir(), reason=f"{MODELS} not present")
 
 from sqcc import frontend  # noqa: E402
 from sqcc.errors import SqccError  # noqa: E402

@@ -18,8 +18,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-tvm = pytest.importorskip("tvm")
-ort = pytest.importorskip("onnxruntime")
+import onnxruntime as ort  # noqa: E402
+import tvm  # noqa: E402
 
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
