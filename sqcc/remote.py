@@ -13,14 +13,15 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .bench import _stats
 from .errors import SqccError
+from .package import _to_numpy
 from .farm import keys_from_summary, parse_address, tracker_summary
 
 DEFAULT_TRACKER = "127.0.0.1:9190"
@@ -188,17 +189,7 @@ class RemoteVM:
         for _ in range(warmup):
             self.vm["main"](*args)
         res = self.vm.time_evaluator("main", self.dev, number=number, repeat=repeat)(*args)
-        ms = [t * 1e3 for t in res.results]
-        return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "runs": len(ms)}
-
-
-def _to_numpy(res) -> list[np.ndarray]:
-    if hasattr(res, "numpy"):
-        return [res.numpy()]
-    out = []
-    for r in res:
-        out.extend(_to_numpy(r))
-    return out
+        return _stats(list(res.results))
 
 
 def run_remote(pkg, inputs=None, tracker: str = DEFAULT_TRACKER, key: str = DEFAULT_KEY, timeout: float = 60.0):
