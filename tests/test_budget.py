@@ -8,13 +8,12 @@ import pytest
 from sqcc import budget, frontend, passes
 from sqcc.errors import SqccError
 
-from test_passes_lowrank import MODELS, SHARED, needs_models, rel, squeezenet, tvm_run  # noqa: F401
+from test_passes_lowrank import MODELS, SHARED, rel, squeezenet, tvm_run  # noqa: F401
 
 IMAGES = SHARED / "data" / "imagenet-sample"
 FAST = ("lowrank:weight", "lowrank:channel")  # closed-form pricing: keeps the tests quick
 
 
-@needs_models
 def test_allocation_meets_budget_and_is_realised_by_pass_specs(squeezenet):
     plan = budget.allocate(squeezenet.mod, macs=0.6, techniques=FAST)
     assert plan.fit == "weight" and plan.macs_after <= 0.6 * plan.macs_before
@@ -34,13 +33,11 @@ def test_allocation_meets_budget_and_is_realised_by_pass_specs(squeezenet):
     assert "conv25" in plan.table()
 
 
-@needs_models
 def test_params_budget(squeezenet):
     plan = budget.allocate(squeezenet.mod, params=0.5, techniques=FAST)
     assert plan.params_after <= 0.5 * plan.params_before
 
 
-@needs_models
 def test_unreachable_budget_says_smallest(squeezenet):
     with pytest.raises(SqccError) as e:
         budget.allocate(squeezenet.mod, macs=0.01, techniques=FAST)
@@ -58,7 +55,6 @@ def test_bad_budget_text(text, msg):
     assert msg in str(e.value)
 
 
-@needs_models
 def test_data_aware_beats_weight_only_on_squeezenet(squeezenet):
     """Same MAC budget (0.7), 6 calibration images, 6 other images to judge: data-aware fitting and
     allocation give lower logit error and at least the same top-1 agreement."""

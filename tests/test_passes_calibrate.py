@@ -11,12 +11,11 @@ from sqcc.calibrate import (calibration_feeds, collect_activations, instrument, 
                             patch_covariance)
 from sqcc.errors import SqccError
 
-from test_passes_lowrank import SHARED, needs_models, squeezenet, tvm_run  # noqa: F401
+from test_passes_lowrank import SHARED, squeezenet, tvm_run  # noqa: F401
 
 IMAGES = SHARED / "data" / "imagenet-sample"
 
 
-@needs_models
 def test_collect_activations_shapes_and_values(squeezenet):
     feeds = calibration_feeds(squeezenet, IMAGES, limit=2)
     assert len(feeds) == 2 and feeds[0]["data"].shape == (1, 3, 224, 224)
@@ -59,7 +58,6 @@ def test_empty_or_missing_calibration_folder(tmp_path):
         load_calibration_images(tmp_path / "nope", Preprocess(), 4)
 
 
-@needs_models
 def test_calibration_folder_mismatched_with_model(squeezenet):
     from sqcc.models import Preprocess
 

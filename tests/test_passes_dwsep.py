@@ -9,11 +9,10 @@ from sqcc import frontend, passes
 from sqcc.errors import SqccError
 from sqcc.passes import PassContext
 
-from test_passes_lowrank import (GEOMETRIES, check_layers_exact, geometry_check, needs_models, rel,  # noqa: F401
+from test_passes_lowrank import (GEOMETRIES, check_layers_exact, geometry_check, rel,  # noqa: F401
                                  mobilenet, random_activations, squeezenet, tvm_run)
 
 
-@needs_models
 @pytest.mark.parametrize("data", [False, True], ids=["weights", "data"])
 def test_full_multiplier_exact_per_layer(squeezenet, mobilenet, data):
     from sqcc.passes.dwsep import fit_dwsep
@@ -23,7 +22,6 @@ def test_full_multiplier_exact_per_layer(squeezenet, mobilenet, data):
     assert check_layers_exact(mobilenet, lambda lf: fit_dwsep(lf, 9, data), data, names=["conv0"]) == 1
 
 
-@needs_models
 def test_full_multiplier_end_to_end(squeezenet, mobilenet):
     for model, n_3x3 in ((squeezenet, 9), (mobilenet, 1)):
         feed = frontend.random_inputs(model)
@@ -50,7 +48,6 @@ def test_depthwise_with_multiplier_is_skipped_or_exact():
     assert rec.detail.startswith("multiplier 2/2")
 
 
-@needs_models
 def test_reduced_multiplier_saves_macs_and_reports_error(squeezenet):
     from sqcc.budget import layer_fits
 

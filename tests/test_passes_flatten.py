@@ -10,7 +10,7 @@ from sqcc.errors import SqccError
 from sqcc.passes import PassContext
 from sqcc.passes._factor import LayerFit, reference_chain, reference_conv2d
 
-from test_passes_lowrank import (check_layers_exact, geometry_check, needs_models, rel,  # noqa: F401
+from test_passes_lowrank import (check_layers_exact, geometry_check, rel,  # noqa: F401
                                  mobilenet, random_activations, squeezenet, tvm_run)
 
 
@@ -33,7 +33,6 @@ def test_exact_on_separable_layer():
     assert rel(reference_chain(x, lf, f), y0) < 1e-6
 
 
-@needs_models
 @pytest.mark.parametrize("data", [False, True], ids=["weights", "data"])
 def test_enough_terms_exact_per_layer(squeezenet, mobilenet, data):
     from sqcc.passes.flatten import fit_flatten
@@ -44,7 +43,6 @@ def test_enough_terms_exact_per_layer(squeezenet, mobilenet, data):
                               names=["conv0", "dw3"]) == 2
 
 
-@needs_models
 def test_enough_terms_end_to_end(squeezenet, mobilenet):
     for model, n_3x3 in ((squeezenet, 9), (mobilenet, 14)):
         feed = frontend.random_inputs(model)
@@ -61,7 +59,6 @@ def test_geometry_against_onnxruntime(geometry):
     geometry_check("flatten:rank=15,force=true", geometry)
 
 
-@needs_models
 def test_few_terms_report_error_and_save_macs(squeezenet):
     from sqcc.budget import layer_fits
 
