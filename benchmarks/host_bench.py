@@ -3,10 +3,11 @@
 
 For each model: untuned (TVM's plain ``relax.build``: legalized, unscheduled), default (sqcc's
 layout + default schedules), tuned (when ``--records`` names a MetaSchedule database) and
-onnxruntime with the same number of threads. The machines are shared and noisy, so the runs are
-interleaved round by round (TVM variant, onnxruntime, next variant, ...) and the median of each is
-reported with min/max, the ratio to onnxruntime, and achieved GFLOP/s against the detected CPU's
-fp32 peak (FMA lanes x 2 x FMA units x clock x cores).
+onnxruntime with the same number of threads, with its workers spinning (its default) and sleeping.
+Every variant is timed in alternating blocks over 5 rounds (``sqcc.bench.time_blocks``: never run by
+run, because a spinning thread pool starves the runtime that runs right after it), and the median of
+each is reported with min/max, the ratio to the faster onnxruntime setting, and achieved GFLOP/s
+against the detected CPU's fp32 peak (FMA lanes x 2 x FMA units x clock x cores).
 
     TVM_NUM_THREADS=2 python benchmarks/host_bench.py [--models squeezenet1.1 ...] [--runs 30]
         [--records tuning/host.json] [--no-untuned] [--profile]
@@ -101,6 +102,7 @@ def main(argv=None) -> int:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from sqcc.bench import time_blocks
     from sqcc.build import build, host_target
     from sqcc.schedules.cpu import host_peak_gflops
 
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
           f"{peak['fma_units']} FMA units, {peak['ghz']:.2f} GHz ({peak['clock_source']}), "
           f"{nthreads} threads -> fp32 peak {peak['peak_gflops']:.0f} GFLOP/s")
     print(f"TVM_NUM_THREADS={threads}, onnxruntime intra_op_num_threads={threads}, batch 1, "
-          f"median of {args.runs} runs (interleaved with onnxruntime), target {target}")
+          f"median of {args.runs} runs (alternating blocks with onnxruntime), target {target}")
 
     for name in args.models:
         path = model_path(name)
@@ -122,11 +124,14 @@ def main(argv=None) -> int:
         mod = from_onnx(m, {inp.name: shape}, keep_params_in_input=False)
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = nthreads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        ref = sess.run(None, {inp.name: x})[0]
+        sessions = {}
+        for label, spin in (("onnxruntime", "1"), ("ort-nospin", "0")):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = nthreads
+            so.inter_op_num_threads = 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            sessions[label] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ref = sessions["onnxruntime"].run(None, {inp.name: x})[0]
 
         variants = {}
         t0 = time.time()
@@ -147,28 +152,22 @@ def main(argv=None) -> int:
             out = vm["main"](xt).numpy()
             errs[k] = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
             vms[k] = vm
-        # warm-up, then interleave rounds so that load from other jobs hits every variant alike
-        times = {k: [] for k in [*vms, "onnxruntime"]}
-        ort_fn = lambda: sess.run(None, {inp.name: x})  # noqa: E731
-        fns = {k: (lambda vm=vm: vm["main"](xt)) for k, vm in vms.items()}
-        for f in [*fns.values(), ort_fn]:
-            time_ms(f, 3)
-        for _ in range(args.runs):
-            for k, f in fns.items():
-                times[k] += time_ms(f, 1, number=1 if k == "untuned" else 5)
-            times["onnxruntime"] += time_ms(ort_fn, 1, number=5)
-            if "untuned" in fns and len(times["untuned"]) >= 5:
-                fns.pop("untuned")  # hundreds of ms a run: 5 runs tell the story
-        ort_med = statistics.median(times["onnxruntime"])
+        fns = {k: (lambda vm=vm: vm["main"](xt)) for k, vm in vms.items() if k != "untuned"}
+        fns.update({k: (lambda s=s: s.run(None, {inp.name: x})) for k, s in sessions.items()})
+        stats = time_blocks(fns, args.runs, warmup=5)
+        if "untuned" in vms:  # hundreds of ms a run: 5 runs tell the story
+            stats["untuned"] = time_blocks({"untuned": lambda: vms["untuned"]["main"](xt)}, 5, 1, 1)["untuned"]
+        ort_med = min(stats["onnxruntime"]["median_ms"], stats["ort-nospin"]["median_ms"])
         print(f"{'variant':<12}{'median ms':>10}{'min':>9}{'max':>9}{'x ORT':>8}{'GFLOP/s':>9}"
               f"{'% peak':>8}{'max rel err':>13}")
-        for k, ts in times.items():
-            med = statistics.median(ts)
+        for k in [*[v for v in ("untuned", "default", "tuned") if v in stats], "onnxruntime", "ort-nospin"]:
+            med, st = stats[k]["median_ms"], stats[k]
             gf = flops / med / 1e6
             pct = 100 * gf / peak["peak_gflops"] if peak["peak_gflops"] else float("nan")
             err = f"{errs[k]:.1e}" if k in errs else "ref"
-            print(f"{k:<12}{med:>10.3f}{min(ts):>9.3f}{max(ts):>9.3f}{med / ort_med:>8.2f}{gf:>9.1f}"
-                  f"{pct:>7.1f}%{err:>13} (n={len(ts)})")
+            print(f"{k:<12}{med:>10.3f}{st['min_ms']:>9.3f}{st['max_ms']:>9.3f}{med / ort_med:>8.2f}{gf:>9.1f}"
+                  f"{pct:>7.1f}%{err:>13} (n={st['runs']})")
+        print("x ORT: against the faster onnxruntime setting (workers spinning = its default, or sleeping)")
         if args.profile:
             profile(variants["default"], xt, dev)
     return 0

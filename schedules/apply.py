@@ -58,7 +58,8 @@ def schedule_primfunc(func: tirx.PrimFunc, info: CpuInfo) -> tuple[tirx.PrimFunc
         log.debug("int8 rule failed: %s", err)
         fast = None
     if fast is not None:
-        return fast.with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, "int8-vnni"), "int8-vnni"
+        rule = "int8-" + str(fast.attrs["sqcc.int8_isa"])
+        return fast.with_attr(SCHEDULED_ATTR, True).with_attr(RULE_ATTR, rule), rule
     sch, name = default_schedule(func, info)
     if sch is None:
         return func, "unscheduled"

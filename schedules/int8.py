@@ -9,17 +9,23 @@ Dispatch (:func:`schedule_int8`, called first by :func:`sqcc.schedules.apply.sch
 * **x86 AVX-512 VNNI** (``avx512vnni``): ``vpdpbusd`` through TVM's registered tensor intrinsic
   ``dot_16x4_vnni`` -- 16 output channels × 4 input channels per instruction. Needs uint8
   activations, C % 4 == 0 and O % 16 == 0;
+* **x86 AVX2** (any x86 with ``avx2``, and AVX-512 CPUs without VNNI): ``vpmaddwd`` on int16 pairs
+  (``sqcc_dot_8x2_avx2``) -- 8 output channels × 2 input channels per instruction, activations
+  widened to int16 in a register (a broadcast pair), weights sign-extended from int8 as they are
+  loaded. Exact for full-range uint8 *and* int8 activations: each int16 product pair sums to at
+  most 2·255·128 < 2³¹. (``vpmaddubsw``, which ORT's AVX2 path uses, adds u8·s8 pairs into a
+  saturating int16 -- 255·127·2 > 32767 -- so it is only exact with 7-bit weights; we keep 8 bits.)
+  Needs C % 2 == 0 and O % 8 == 0;
 * anything else returns None and the generic multiply-accumulate rule (:mod:`.conv2d`) schedules
-  the int32 reduction portably (LLVM vectorises it for AVX2, NEON, ...). AVX2 ``vpmaddubsw`` and
-  ARM ``sdot`` paths are not implemented yet: ``vpmaddubsw`` saturates int16 pairs (255·127·2 >
-  32767) so it is not bit-exact on full-range uint8, and ``sdot`` multiplies int8×int8 while the
-  pass emits uint8 post-ReLU activations.
+  the int32 reduction portably (LLVM vectorises it for NEON, ...). ARM ``sdot`` is not implemented
+  yet: it multiplies int8×int8 while the pass emits uint8 post-ReLU activations.
 
-The kernel: weights are re-laid out as ``[ry, rx, C/4, O/16, 16, 4]`` (one 64-byte ``vpdpbusd``
-operand per (ry, rx, c-block, o-block)) by a packing block at the start of the kernel; a register
-tile of ``wi`` output pixels × ``nv`` blocks of 16 channels accumulates in zmm registers over the
-whole window; the requantisation epilogue (scale, bias, round, clip, cast to uint8) is fused into the
-write-back of the tile; output rows run in parallel.
+The kernel: weights are re-laid out as ``[ry, rx, C/k, O/L, L, k]`` (one ``vpdpbusd`` operand of
+L=16 × k=4 bytes, or one ``vpmaddwd`` operand of L=8 × k=2, per (ry, rx, c-block, o-block)) by a
+packing block that :func:`prepack_weights` runs once at build time; a register tile of ``wi`` output
+pixels × ``nv`` blocks of L channels accumulates in vector registers over the whole window; the
+requantisation epilogue (scale, bias, round, clip, cast) is fused into the write-back of the tile;
+output rows run in parallel.
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ from .common import COMM_REDUCE, divisors, has_condition, is_reduction, iter_typ
 log = logging.getLogger(__name__)
 
 VNNI_INTRIN = "sqcc_dot_16x4_vnni"
+ISA_ATTR = "sqcc.int8_isa"
+AVX2_INTRIN = {"uint8": "sqcc_dot_8x2_avx2_u8", "int8": "sqcc_dot_8x2_avx2_s8"}
 _registered = False
 
 
@@ -92,7 +100,45 @@ def _register_intrinsics():
         TensorIntrin.register(VNNI_INTRIN, desc, impl)
     except Exception:  # already registered (module reloaded)
         pass
+    for adt in ("uint8", "int8"):
+        try:
+            TensorIntrin.register(AVX2_INTRIN[adt], *_avx2_dot_8x2(adt))
+        except Exception:  # already registered
+            pass
     _registered = True
+
+
+def _avx2_dot_8x2(adt: str):
+    """(desc, impl) of C[0:8] += Σ_k A[k]·B[0:8, k], k < 2, with ``vpmaddwd`` on int16 lanes."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((2,), adt, offset_factor=1), B: T.Buffer((8, 2), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), adt, offset_factor=1), B: T.Buffer((8, 2), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            # the two activations as one int32 holding two int16 lanes, broadcast to 8 lanes
+            pair = T.bitwise_or(T.bitwise_and(T.cast(A[0], "int32"), 0xFFFF),
+                                T.shift_left(T.cast(A[1], "int32"), 16))
+            a16 = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
+            b16 = T.cast(B.vload([0, 0], dtype="int8x16"), "int16x16")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, b16, dtype="int32x8")
+
+    return desc, impl
 
 
 def _has(features, target) -> bool:
@@ -104,13 +150,16 @@ def _has(features, target) -> bool:
 
 def int8_isa(target: Target | None = None) -> str:
     """The best int8 dot-product path for ``target`` (the current target by default):
-    ``"vnni"`` or ``"portable"``."""
+    ``"vnni"``, ``"avx2"`` or ``"portable"``."""
     target = target or Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
         return "portable"
     triple = str(target.attrs.get("mtriple", "") or "") or codegen.llvm_get_system_triple()
-    if triple.startswith(("x86_64", "i686")) and _has(["avx512vnni"], target):
-        return "vnni"
+    if triple.startswith(("x86_64", "i686")):
+        if _has(["avx512vnni"], target):
+            return "vnni"
+        if _has(["avx2"], target):
+            return "avx2"
     return "portable"
 
 
@@ -137,13 +186,20 @@ def is_int8_function(func: tirx.PrimFunc) -> bool:
         return False
 
 
-def _tile(w: int, nblocks: int):
-    """(wi, nv): wi output pixels × nv 16-channel blocks of int32 accumulators (≤ 24 zmm)."""
+# isa -> (output lanes L, reduction depth k, accumulator registers, tensor intrinsic by activation dtype)
+KERNELS = {
+    "vnni": (16, 4, 24, {"uint8": VNNI_INTRIN}),  # 32 zmm: 24 accumulators
+    "avx2": (8, 2, 12, AVX2_INTRIN),  # 16 ymm: 12 accumulators, weights, broadcast, temporaries
+}
+
+
+def _tile(w: int, nblocks: int, max_regs: int = 24):
+    """(wi, nv): wi output pixels × nv L-channel blocks of int32 accumulators (≤ max_regs)."""
     best = (0, 1, 1)
     for nv in (d for d in divisors(nblocks) if d <= 4):
         for wi in (d for d in divisors(w) if d <= 16):
             regs = wi * nv
-            if regs > 24:
+            if regs > max_regs:
                 continue
             key = (regs, wi)
             if key > best[:2]:
@@ -153,19 +209,31 @@ def _tile(w: int, nblocks: int):
 
 def schedule_vnni_conv(sch: Schedule, main) -> None:
     """VNNI schedule for an NHWC uint8 conv with [KH, KW, C, O] int8 weights (raises if it does not fit)."""
+    schedule_dot_conv(sch, main, "vnni")
+
+
+def schedule_dot_conv(sch: Schedule, main, isa: str) -> None:
+    """Dot-product schedule (``isa`` in :data:`KERNELS`) for an NHWC 8-bit conv with [KH, KW, C, O]
+    int8 weights (raises if it does not fit)."""
+    lanes, depth, max_regs, intrins = KERNELS[isa]
     blk = sch.get(main)
     types = iter_types(sch, main)
     if types != [0, 0, 0, 0, COMM_REDUCE, COMM_REDUCE, COMM_REDUCE]:
         raise ValueError("not an NHWC conv2d block")
     out_buf = blk.writes[0].source
     reads = [r.source for r in blk.reads if r.source != out_buf]
-    data = next(b for b in reads if str(b.dtype) == "uint8")
-    weight = next(b for b in reads if str(b.dtype) == "int8")
+    if len(reads) != 2:
+        raise ValueError("not a two-operand multiply-accumulate")
+    # uint8 × int8: the weight is the int8 operand; int8 × int8: topi reads data first, weight second
+    data, weight = (reads[1], reads[0]) if str(reads[0].dtype) == "int8" and \
+        str(reads[1].dtype) == "uint8" else (reads[0], reads[1])
+    if str(data.dtype) not in intrins:
+        raise ValueError(f"{isa} kernel cannot take {data.dtype} activations")
     if len(weight.shape) != 4:
         raise ValueError("weight is not KH×KW×C×O")
     kh, kw, c, o = (int(d) for d in weight.shape)
-    if c % 4 or o % 16:
-        raise ValueError("channels do not fit 16×4 VNNI blocks")
+    if c % depth or o % lanes:
+        raise ValueError(f"channels do not fit {lanes}×{depth} blocks")
     data_idx = [i for i, r in enumerate(blk.reads) if r.source == data][0]
     w_idx = [i for i, r in enumerate(blk.reads) if r.source == weight][0]
 
@@ -186,10 +254,10 @@ def schedule_vnni_conv(sch: Schedule, main) -> None:
             except Exception:
                 continue
 
-    # Weight packing: [ry, rx, c, o] -> [ry, rx, c/4, o/16, 16, 4]
+    # Weight packing: [ry, rx, c, o] -> [ry, rx, c/k, o/L, L, k]
     wpack = sch.cache_read(main, w_idx, "global")
     sch.transform_layout(wpack, ("write", 0),
-                         lambda ry, rx, cc, oo: (ry, rx, cc // 4, oo // 16, oo % 16, cc % 4))
+                         lambda ry, rx, cc, oo: (ry, rx, cc // depth, oo // lanes, oo % lanes, cc % depth))
     # Marked as a layout-rewrite preprocess: relax.transform.SplitLayoutRewritePreproc moves it
     # out of the kernel and FoldConstant then packs the (constant) weights once, at build time.
     # Without those passes the packing simply runs at the start of every call.
@@ -197,10 +265,10 @@ def schedule_vnni_conv(sch: Schedule, main) -> None:
 
     n, h, w, f, ry, rx, rc = sch.get_loops(main)
     w_ext = loop_extent(sch, w)
-    wi_f, nv = _tile(w_ext, o // 16)
-    fo, fv, f16 = sch.split(f, [None, nv, 16])
+    wi_f, nv = _tile(w_ext, o // lanes, max_regs)
+    fo, fv, f16 = sch.split(f, [None, nv, lanes])
     wo, wi = sch.split(w, [None, wi_f])
-    rco, rc4 = sch.split(rc, [None, 4])
+    rco, rc4 = sch.split(rc, [None, depth])
     sch.reorder(n, h, wo, fo, ry, rx, rco, wi, fv, f16, rc4)
 
     acc = sch.cache_write(main, 0, "local")
@@ -226,7 +294,7 @@ def schedule_vnni_conv(sch: Schedule, main) -> None:
     sch.parallel(sch.fuse(*wl[:2]))
     init = sch.decompose_reduction(main, ry)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(f16, VNNI_INTRIN)
+    sch.tensorize(f16, intrins[str(data.dtype)])
     sch.vectorize(sch.get_loops(acc)[-1])
     del data_idx
 
@@ -242,16 +310,16 @@ def schedule_int8(func: tirx.PrimFunc, info=None, target: Target | None = None):
     if main is None:
         return None
     isa = int8_isa(target)
-    if isa != "vnni":
-        return None
-    try:
-        _register_intrinsics()
-
-        schedule_vnni_conv(sch, main)
-        return sch.mod["main"]
-    except Exception as err:  # noqa: BLE001 -- not this shape; the generic rule takes it
-        log.debug("VNNI int8 schedule not applicable: %s", err)
-        return None
+    # a VNNI CPU also has AVX2: its vpmaddwd kernel takes what vpdpbusd cannot (int8 activations)
+    for kernel in {"vnni": ("vnni", "avx2"), "avx2": ("avx2",)}.get(isa, ()):
+        try:
+            _register_intrinsics()
+            sch = Schedule(func)
+            schedule_dot_conv(sch, _int8_mac_block(sch), kernel)
+            return sch.mod["main"].with_attr(ISA_ATTR, kernel)
+        except Exception as err:  # noqa: BLE001 -- not this shape; the next kernel or the generic rule
+            log.debug("%s int8 schedule not applicable: %s", kernel, err)
+    return None
 
 
 def prepack_weights(mod, target):

@@ -342,8 +342,9 @@ def cmd_bench(args):
         r = bench_remote(pkg, args.rpc_tracker, args.rpc_key or "aarch64", repeat=args.repeat)
         print(json.dumps(r, indent=1) if args.json else format_bench(r))
         return 0
-    say(f"timing {args.repeat} runs after {args.warmup} warm-up"
-        + (f", then {args.compare} in the same run" if args.compare else ""))
+    say(f"timing {args.repeat} runs" + (f", and {args.compare} in the same run, in 5 alternating blocks "
+                                        f"of {args.warmup} warm-up + timed runs each" if args.compare
+                                        else f" after {args.warmup} warm-up"))
     r = benchmark_package(pkg, threads=args.threads, repeat=args.repeat, warmup=args.warmup,
                           compare=args.compare)
     print(json.dumps(r, indent=1) if args.json else format_result(r))

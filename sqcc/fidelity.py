@@ -118,7 +118,7 @@ def format_fidelity(d: dict, ref_name: str = "reference") -> str:
     return "\n  ".join(parts)
 
 
-def reference_for_package(pkg, threads: int | None = None):
+def reference_for_package(pkg, threads: int | None = None, spinning: bool = True):
     """The reference runtime for a package's source model (onnxruntime for ONNX, LiteRT for TFLite)."""
     from types import SimpleNamespace
 
@@ -129,4 +129,4 @@ def reference_for_package(pkg, threads: int | None = None):
     m = pkg.manifest
     model = SimpleNamespace(source=pkg.source, format=m["model"]["format"], name=m["model"]["name"],
                             inputs=pkg.inputs, outputs=pkg.outputs, quant=m.get("quant") or {})
-    return reference_session(model, threads=threads)
+    return reference_session(model, threads=threads, spinning=spinning)

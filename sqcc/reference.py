@@ -39,13 +39,16 @@ class OnnxRuntimeSession:
 
     name = "onnxruntime"
 
-    def __init__(self, model, threads: int | None = None):
+    def __init__(self, model, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         self.model = model
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
+        if not spinning:  # workers sleep when idle instead of spinning (onnxruntime spins by default)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spinning = spinning
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
@@ -106,10 +109,11 @@ class LiteRTSession:
         return [np.array(self.interp.get_tensor(i)) for i in self.outputs]
 
 
-def reference_session(model, threads: int | None = None):
-    """A session with ``.run(inputs) -> list[np.ndarray]`` and ``.name`` for ``model``'s framework."""
+def reference_session(model, threads: int | None = None, spinning: bool = True):
+    """A session with ``.run(inputs) -> list[np.ndarray]`` and ``.name`` for ``model``'s framework.
+    ``spinning=False``: onnxruntime's idle workers sleep instead of spinning (LiteRT does not spin)."""
     if model.format == "onnx":
-        return OnnxRuntimeSession(model, threads)
+        return OnnxRuntimeSession(model, threads, spinning)
     if model.format == "tflite":
         return LiteRTSession(model, threads)
     raise SqccError(f"{model.name}: no reference runtime for format '{model.format}'")

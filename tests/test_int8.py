@@ -72,8 +72,58 @@ def test_int8_kernels_are_integer(squeeze):
     with target:
         ds = DefaultSchedules(target)
         ds(low)
-    if int8_isa(target) == "vnni":
-        assert sum(r == "int8-vnni" for r in ds.applied.values()) >= 10, ds.applied
+    isa = int8_isa(target)
+    if isa in ("vnni", "avx2"):
+        assert sum(r == f"int8-{isa}" for r in ds.applied.values()) >= 10, ds.applied
+
+
+def _int8_conv_module(adt, c=16, o=32, hw=13, k=3, pad=1):
+    import tvm  # noqa: F401
+    from tvm import relax
+
+    wt = np.random.default_rng(0).integers(-128, 128, (o, c, k, k)).astype("int8")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, hw, hw), adt))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(wt), padding=pad, out_dtype="int32"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get(), wt
+
+
+@pytest.mark.parametrize("adt", ["uint8", "int8"])
+def test_avx2_int8_kernel_is_exact_and_uses_vpmaddwd(adt):
+    """An AVX2-only CPU (haswell) gets the vpmaddwd kernel: bit-exact on full-range 8-bit data (no
+    vpmaddubsw saturation), 256-bit registers only. Every x86 CI machine can run AVX2 code."""
+    import tvm
+    from tvm import relax
+
+    from sqcc.build import build, schedule
+    from sqcc.schedules import RULE_ATTR
+
+    mod, wt = _int8_conv_module(adt)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    rules = [str(f.attrs[RULE_ATTR]) for _, f in schedule(mod, target).functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs]
+    assert "int8-avx2" in rules, rules
+    ex = build(mod, target)
+    lo, hi = (0, 256) if adt == "uint8" else (-128, 128)
+    x = np.random.default_rng(1).integers(lo, hi, (1, 16, 13, 13)).astype(adt)
+    x[0, :, 0, 0] = hi - 1  # the extreme products: 255·(−128) pairs must not saturate
+    y = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + 13, j:j + 13], wt[:, :, i, j].astype(np.int64))
+              for i in range(3) for j in range(3))
+    np.testing.assert_array_equal(y, ref)
+
+    def modules(m):
+        yield m
+        for i in m.imports:
+            yield from modules(i)
+
+    asm = "".join(m.inspect_source("asm") for m in modules(ex.mod) if m.kind == "llvm")
+    assert "vpmaddwd" in asm and "zmm" not in asm
 
 
 def test_calibration_methods_ranges(squeeze):
