@@ -44,7 +44,7 @@ def load_inputs(model, folder, limit):
     return files, xs, ys
 
 
-def run_model(mod, xs):
+def run_model(mod, xs, keep_vm: dict | None = None):
     import tvm
     from tvm import relax
 
@@ -57,7 +57,67 @@ def run_model(mod, xs):
     outs = []
     for x in xs:
         outs.append(vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy().reshape(-1))
+    if keep_vm is not None:
+        keep_vm["vm"] = vm
     return np.stack(outs), tb
+
+
+def latency_vs(vm, base_vm, x, runs=60):
+    """Median latency of ``vm`` and of the original model's ``base_vm`` (alternating blocks)."""
+    import tvm
+
+    from sqcc.bench import time_blocks
+
+    xt = tvm.runtime.tensor(x, tvm.cpu())
+    t = time_blocks({"model": lambda: vm["main"](xt), "original": lambda: base_vm["main"](xt)}, runs, 5)
+    return {"latency_ms": t["model"]["median_ms"], "original_ms": t["original"]["median_ms"],
+            "speedup": t["original"]["median_ms"] / t["model"]["median_ms"]}
+
+
+def grouped_conv_latency(groups=(1, 2, 4, 8), runs=200):
+    """Latency of SqueezeNet 1.1's squeeze/expand1x1 shapes as dense and g-group 1x1 convs (+ReLU),
+    sqcc default schedules, and of a channel shuffle (one gather) on the same tensor."""
+    import tvm
+    from tvm import relax
+
+    from sqcc.bench import time_blocks
+    from sqcc.build import build, host_target
+
+    target = host_target()
+    rows = []
+    rng = np.random.default_rng(0)
+
+    def vm_for(c, hw, body):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((1, c, hw, hw), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                out = bb.emit_output(body(bb, x))
+            bb.emit_func_output(out)
+        return relax.VirtualMachine(build(bb.get(), target), tvm.cpu())
+
+    for name, c, o, hw in [("fire9/squeeze", 512, 64, 13), ("fire9/expand1x1", 64, 256, 13),
+                           ("fire5/squeeze", 256, 32, 27), ("fire2/expand1x1", 16, 64, 55)]:
+        fns = {}
+        for g in groups:
+            if c % g or o % g:
+                continue
+            w = rng.standard_normal((o, c // g, 1, 1)).astype("float32")
+            fns[f"g={g}"] = vm_for(c, hw, lambda bb, x, w=w, g=g: bb.emit(
+                relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(w), groups=g))))
+        perm = np.arange(o).reshape(4, -1).T.reshape(-1).astype("int64")  # ShuffleNet's g=4 shuffle
+        fns["shuffle (gather)"] = vm_for(o, hw, lambda bb, x: bb.emit(
+            relax.op.take(x, relax.const(perm), axis=1)))
+        xs = {k: tvm.runtime.tensor(rng.standard_normal((1, o if k.startswith("shuffle") else c, hw, hw))
+                                    .astype("float32")) for k in fns}
+        t = time_blocks({k: (lambda vm=vm, k=k: vm["main"](xs[k])) for k, vm in fns.items()}, runs, 20)
+        dense = t["g=1"]["median_ms"]
+        for k, v in t.items():
+            rows.append({"layer": name, "shape": f"{c}->{o} @{hw}x{hw}", "variant": k,
+                         "median_us": v["median_ms"] * 1e3, "speedup_vs_dense": dense / v["median_ms"],
+                         "mac_ratio": (int(k[2:]) if k.startswith("g=") else None)})
+            log(f"{name} {k}: {v['median_ms'] * 1e3:.1f} us ({dense / v['median_ms']:.2f}x of dense)")
+    return rows
 
 
 def agreement(logits, ref, labels, calib_idx, offset=0):
@@ -84,7 +144,7 @@ def model_macs(mod):
     return layers.totals(layers.layers(mod))["macs"]
 
 
-def shuffle_figures(m, xs, ref, labels, acts, calib_idx, groups, sets, offset):
+def shuffle_figures(m, xs, ref, labels, acts, calib_idx, groups, sets, offset, base_vm=None):
     from sqcc import passes
 
     rows = []
@@ -100,7 +160,8 @@ def shuffle_figures(m, xs, ref, labels, acts, calib_idx, groups, sets, offset):
                 t0 = time.perf_counter()
                 mod = passes.create(f"shuffle:groups={g},layers={layer_set},fit={fit}", ctx)(m.mod)
                 tp = time.perf_counter() - t0
-                logits, tb = run_model(mod, xs)
+                keep = {}
+                logits, tb = run_model(mod, xs, keep)
                 recs = [r for r in ctx.records if r.technique == "shuffle" and r.applied]
                 sh = ctx.extra.get("shuffle", {})
                 kept = [v["kept_weight_energy"] for v in sh.values()]
@@ -114,6 +175,8 @@ def shuffle_figures(m, xs, ref, labels, acts, calib_idx, groups, sets, offset):
                        "mean_output_error": float(np.mean(oerr)) if oerr else None,
                        "gathers": int(gathers), "pass_s": tp, "build_s": tb,
                        **agreement(logits, ref, labels, calib_idx, offset)}
+                if base_vm is not None:
+                    row.update(latency_vs(keep["vm"], base_vm, xs[0]))
                 rows.append(row)
                 log(f"shuffle {layer_set} g={g} fit={fit}: MACs {row['macs_ratio']:.3f}, agreement "
                     f"{row['top1_agreement']:.3f} (held-out {row['heldout_top1_agreement']:.3f}), energy kept "
@@ -231,6 +294,7 @@ def main(argv=None):
     ap.add_argument("--out", default="compression_report.json")
     ap.add_argument("--skip-shuffle", action="store_true")
     ap.add_argument("--skip-dc", action="store_true")
+    ap.add_argument("--only-latency", action="store_true", help="only the grouped-conv latency table")
     ap.add_argument("--only-offline", action="store_true",
                     help="only what needs no model runs: SqueezeNet 1.0 size table (the paper's model) and "
                          "the dense-vs-sparse GEMM timing")
@@ -241,6 +305,12 @@ def main(argv=None):
     from sqcc.reference import reference_session
 
     m = frontend.load(args.model)
+    if args.only_latency:
+        r = {"grouped_conv_latency": grouped_conv_latency(),
+             "tvm_threads": __import__("os").environ.get("TVM_NUM_THREADS", "default")}
+        Path(args.out).write_text(json.dumps(r, indent=1))
+        print_tables(r)
+        return
     if args.only_offline:
         r = {"model": args.model, "paper_model_sizes": paper_model_sizes(), "sparse_vs_dense": sparse_vs_dense(m)}
         Path(args.out).write_text(json.dumps(r, indent=1))
@@ -256,13 +326,16 @@ def main(argv=None):
     offset = m.preprocess.class_offset if m.preprocess else 0
     result = {"model": args.model, "images": len(xs), "calibration_images": int(len(calib_idx)),
               "tvm_threads": __import__("os").environ.get("TVM_NUM_THREADS", "default")}
-    base, _ = run_model(m.mod, xs)
+    keep = {}
+    base, _ = run_model(m.mod, xs, keep)
     result["baseline"] = agreement(base, ref, labels, calib_idx, offset)
     log(f"baseline (unmodified, TVM vs onnxruntime): {result['baseline']}")
     if not args.skip_shuffle:
         sets = [s.replace("+", ",") for s in args.sets.split(",") if s]
         groups = [int(g) for g in args.groups.split(",")]
-        result["shuffle"] = shuffle_figures(m, xs, ref, labels, acts, calib_idx, groups, sets, offset)
+        result["shuffle"] = shuffle_figures(m, xs, ref, labels, acts, calib_idx, groups, sets, offset,
+                                            keep["vm"])
+        result["grouped_conv_latency"] = grouped_conv_latency()
     if not args.skip_dc:
         result["deep_compression"] = dc_figures(m, xs, ref, labels, acts, calib_idx, offset)
         result["paper_model_sizes"] = paper_model_sizes()
@@ -275,12 +348,19 @@ def main(argv=None):
 def print_tables(r):
     if "shuffle" in r:
         print("\nshuffle (SqueezeNet 1.1): layers | groups | fit | model MACs (ratio) | energy kept | "
-              "output err | gathers | top-1 agreement (held-out)")
+              "output err | gathers | top-1 agreement (held-out) | latency ms (speed-up vs original)")
         for x in r["shuffle"]:
             oe = f"{x['mean_output_error']:.3f}" if x["mean_output_error"] is not None else "-"
+            lat = f" {x['latency_ms']:.3f} ({x['speedup']:.2f}x)" if "latency_ms" in x else ""
             print(f"{x['layers']:<18} {x['groups']} {x['fit']:<6} {x['macs'] / 1e6:8.1f}M ({x['macs_ratio']:.3f}) "
                   f"{x['mean_weight_energy_kept']:.3f} {oe:>6} {x['gathers']:>2} "
-                  f"{x['top1_agreement']:.3f} ({x['heldout_top1_agreement']:.3f})")
+                  f"{x['top1_agreement']:.3f} ({x['heldout_top1_agreement']:.3f}){lat}")
+    if "grouped_conv_latency" in r:
+        print("\ngrouped 1x1 conv + ReLU latency (sqcc default schedules): layer | shape | variant | median us | "
+              "speed-up vs dense (MACs ratio)")
+        for x in r["grouped_conv_latency"]:
+            print(f"{x['layer']:<16} {x['shape']:<16} {x['variant']:<17} {x['median_us']:8.1f} "
+                  f"{x['speedup_vs_dense']:5.2f}x" + (f" (MACs /{x['mac_ratio']})" if x["mac_ratio"] else ""))
     if "deep_compression" in r:
         print("\nDeep Compression (SqueezeNet 1.1): point | density | dense | CSR | shared | Huffman (MiB) | "
               "ratio | top-1 agreement | top-1 acc")

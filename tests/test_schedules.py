@@ -110,6 +110,8 @@ CONV_CASES = {
     "3x3-strided": dict(k=3, pad=1, stride=2, h=15, w=17),
     "5x5-dilated": dict(k=5, pad=4, dilation=2, c=4, o=8),
     "grouped": dict(k=3, pad=1, group=2, c=8, o=12),
+    "grouped-1x1-g4": dict(k=1, pad=0, group=4, c=64, o=64, h=13, w=13),
+    "grouped-1x1-g8-half-vectors": dict(k=1, pad=0, group=8, c=64, o=64, h=13, w=13),
     "depthwise": dict(k=3, pad=1, group=8, c=8, o=8, act="clip"),
     "depthwise-multiplier": dict(k=3, pad=1, group=4, c=4, o=8, stride=2),
     "odd-channels-1000": dict(k=1, pad=0, c=5, o=1000, h=7, w=7, pool="global"),
@@ -125,6 +127,32 @@ def test_small_convs_match_onnxruntime(case):
     out, ref = _run_both(_conv_model(**CONV_CASES[case]))
     assert out.shape == ref.shape
     assert _rel_err(out, ref) <= RTOL, case
+
+
+@pytest.mark.parametrize("groups", [2, 4, 8])
+def test_grouped_conv_tiles_stay_inside_a_group(groups):
+    """A register tile spanning two groups reads a different input channel per lane (a gather,
+    measured 5x slower than the dense conv): tiles must divide the group's output channels."""
+    from tvm import tirx
+    from tvm.s_tir import Schedule
+
+    from sqcc.build import lower_to_tir
+    from sqcc.schedules.conv2d import _group_width, _main_block, choose_tile
+    from sqcc.schedules.cpu import cpu_info
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})  # 16 lanes
+    mod, _, _ = _import(_conv_model(k=1, pad=0, group=groups, c=128, o=64, h=13, w=13))
+    low = lower_to_tir(mod, target)
+    convs = [f for gv, f in low.functions_items() if isinstance(f, tirx.PrimFunc) and "conv" in gv.name_hint]
+    sch = Schedule(convs[0])
+    main = _main_block(sch)
+    assert _group_width(sch, main, 64) == 64 // groups
+    pi, oi = choose_tile(169, 64, cpu_info(target), group_width=64 // groups)
+    assert (64 // groups) % oi == 0
+    dense = Schedule([f for gv, f in lower_to_tir(_import(_conv_model(k=1, pad=0, c=128, o=64, h=13, w=13))[0],
+                                                     target).functions_items()
+                      if isinstance(f, tirx.PrimFunc) and "conv" in gv.name_hint][0])
+    assert _group_width(dense, _main_block(dense), 64) is None
 
 
 def test_fallback_keeps_unhandled_ops_correct():
