@@ -13,14 +13,16 @@ or whose records were tuned for another CPU/target, is refused with a one-line `
 left untouched. The one repair it makes is dropping a torn (unterminated) last line left by a kill.
 
 Tasks are tuned one after another (largest estimated cost first) so that the budget per task is
-exact and resumable; a rich progress bar shows task, trials, best latency and ETA.
+exact and resumable. The budget is shared out by measured time, not evenly: each kernel's default
+schedule is measured first, and a kernel gets trials in proportion to its latency times its calls
+per model run (task weighting by call count). A rich progress bar shows task, trials, best latency
+and ETA.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -247,7 +249,8 @@ def tune(mod: tvm.IRModule, target, trials: int, records_path: str,
 
     ``trials`` is the total number of measured candidates wanted in the database for this model
     (records already there count: re-running resumes, and a finished database is a no-op).
-    ``max_trials_per_task`` caps each kernel (default: ``trials`` spread evenly). ``runner`` is
+    ``max_trials_per_task`` caps each kernel; the trials are shared out by :func:`allocate_trials`
+    (in proportion to each kernel's share of the model's run time). ``runner`` is
     any MetaSchedule runner (``ms.runner.RPCRunner`` for a device farm); default LocalRunner.
     ``task_names`` restricts tuning to kernels whose name contains one of the strings.
     ``search_strategy``/``cost_model`` are MetaSchedule's (``"replay-trace"``/``"random"`` make
@@ -279,14 +282,11 @@ def tune(mod: tvm.IRModule, target, trials: int, records_path: str,
             raise SqccError("tune: no kernels to tune" + (f" matching {task_names}" if task_names
                                                            else ""))
         tasks.sort(key=_task_cost, reverse=True)
-        per_task = max_trials_per_task or max(1, math.ceil(trials / len(tasks)))
         plan = []
-        done_total = 0
         for t in tasks:
             have, best = _count_records(db, t.dispatched[0])
-            done_total += min(have, per_task)
             plan.append([t, have, best])
-        left = max(0, trials - done_total)
+        left = max(0, trials - sum(have for _, have, _ in plan))
         work_dir = str(database_paths(records_path)[0].parent / "ms_logs")
         if builder is None:
             builder = ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1,
@@ -302,10 +302,11 @@ def tune(mod: tvm.IRModule, target, trials: int, records_path: str,
                     entry[1] = 1
                     entry[2] = _count_records(db, entry[0].dispatched[0])[1]
                     left -= 1
-        bar = _Progress(plan, per_task, enabled=progress)
+        budgets = allocate_trials(plan, left, max_trials_per_task, num_trials_per_iter)
+        bar = _Progress(plan, budgets, enabled=progress)
         with bar:
             for i, (task, have, best) in enumerate(plan):
-                budget = min(per_task - have, left)
+                budget = budgets[i]
                 if budget <= 0:
                     bar.skip(i)
                     continue
@@ -323,9 +324,46 @@ def tune(mod: tvm.IRModule, target, trials: int, records_path: str,
                     num_trials_per_iter=min(num_trials_per_iter, budget),
                     builder=builder, runner=runner, database=db,
                     measure_callbacks=callbacks, cost_model=cost_model)
-                left -= budget
                 bar.finish(i, *_count_records(db, task.dispatched[0]))
     return str(records_path)
+
+
+def allocate_trials(plan, left: int, cap: int | None = None, step: int = 16) -> list[int]:
+    """Trials for each task of ``plan`` ([task, records so far, best seconds]) out of ``left``.
+
+    In proportion to the time the kernel takes in one run of the model -- its best latency so far
+    (sqcc's default schedule, measured first) times how often the model calls it -- because that
+    is what a trial can win back; a task nobody measured yet counts its FLOPs. A share below one
+    search iteration (``step`` candidates) goes to the tasks above it. ``cap``: most records per task.
+    """
+    if left <= 0 or not plan:
+        return [0] * len(plan)
+    flops = [_task_cost(t) for t, _, _ in plan]
+    # seconds per model run; unmeasured tasks: FLOPs at the measured tasks' FLOP rate
+    rate = [f / (b * t.weight) for (t, _, b), f in zip(plan, flops) if b]
+    rate = sorted(rate)[len(rate) // 2] if rate else 1.0
+    share = [(b * t.weight) if b else f / rate for (t, _, b), f in zip(plan, flops)]
+    room = [max(0, cap - have) if cap else left for _, have, _ in plan]
+    budgets = [0] * len(plan)
+    active = [i for i in range(len(plan)) if room[i] > 0]
+    while left > 0 and active:
+        tot = sum(share[i] for i in active) or 1.0
+        want = {i: min(room[i] - budgets[i], int(left * share[i] / tot)) for i in active}
+        small = [i for i in active if want[i] < min(step, room[i] - budgets[i]) and len(active) > 1]
+        if small:  # too small for one iteration: drop the smallest share and re-divide
+            active.remove(min(small, key=lambda i: share[i]))
+            continue
+        for i, n in want.items():
+            budgets[i] += n
+        left -= sum(want.values())
+        active = [i for i in active if budgets[i] < room[i]]
+        if left > 0 and active:  # rounding remainder: to the biggest share
+            i = max(active, key=lambda i: share[i])
+            n = min(left, room[i] - budgets[i])
+            budgets[i] += n
+            left -= n
+            active = [i for i in active if budgets[i] < room[i]]
+    return budgets
 
 
 def _commit_default(db, task, target, builder, runner) -> bool:
@@ -364,10 +402,10 @@ def _commit_default(db, task, target, builder, runner) -> bool:
 class _Progress:
     """rich progress: one line per task (trials, best latency) and an overall bar with ETA."""
 
-    def __init__(self, plan, per_task, enabled=True):
+    def __init__(self, plan, budgets, enabled=True):
         self.enabled = enabled
         self.plan = plan
-        self.per_task = per_task
+        self.budgets = budgets
         self.p = None
         self.rows = {}
 
@@ -380,7 +418,7 @@ class _Progress:
                           TextColumn("best {task.fields[best]:>10}"), TimeElapsedColumn(),
                           TextColumn("ETA"), TimeRemainingColumn())
         self.p.__enter__()
-        total = sum(max(0, self.per_task - have) for _, have, _ in self.plan)
+        total = sum(self.budgets)
         self.overall = self.p.add_task(f"all {len(self.plan)} tasks", total=max(total, 1),
                                        best="")
         return self

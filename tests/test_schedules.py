@@ -387,3 +387,20 @@ def test_missing_database_at_build_is_an_error(tmp_path):
     with pytest.raises(SqccError) as e:
         build(mod, host_target(), tuning_records=str(tmp_path / "nope.json"))
     assert "not found" in str(e.value)
+
+
+def test_trials_follow_measured_time_per_model_run():
+    """Task weighting: trials in proportion to (best latency x calls per run); small shares go to
+    the big tasks; the cap per task holds; nothing is allocated beyond the budget."""
+    from types import SimpleNamespace
+
+    from sqcc.schedules.tuning import allocate_trials
+
+    t = lambda w: SimpleNamespace(weight=w, dispatched=[None])  # noqa: E731
+    plan = [[t(1), 1, 300e-6], [t(4), 1, 50e-6], [t(1), 1, 100e-6], [t(1), 1, 1e-6]]
+    b = allocate_trials(plan, 600, step=16)
+    assert sum(b) == 600 and b[3] == 0  # 1 us of 600 us: not worth one iteration
+    assert b[0] > b[1] > b[2] > 0 and abs(b[0] / b[2] - 3) < 0.2 and abs(b[1] / b[2] - 2) < 0.2
+    capped = allocate_trials(plan, 600, cap=101, step=16)
+    assert all(x <= 100 for x in capped) and sum(capped) == 300
+    assert allocate_trials(plan, 0) == [0, 0, 0, 0]
