@@ -4,6 +4,9 @@ The CLI prints ``str(err)`` as a single line and exits non-zero; ``-v`` adds the
 Library code raises :class:`SqccError` with a message that names the file, node, op or flag at fault,
 and never lets a TVM traceback escape for bad input.
 """
+import contextlib
+import os
+import re
 
 
 class SqccError(Exception):
@@ -33,3 +36,37 @@ def _register_with_tvm():
 
 
 _register_with_tvm()
+
+
+_SCOPE_NOISE = re.compile(rb"executable\.cc:\d+: Warning: Scope (Saving|Loaded):")
+
+
+@contextlib.contextmanager
+def quiet_vm_scope_warnings():
+    """Drop the "Scope Saving:/Scope Loaded:" lines TVM 0.27's VM executable logs (one per function,
+    from C++ straight to file descriptor 2) while exporting or loading a library; every other byte
+    written to stderr meanwhile is passed through."""
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except ValueError:
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().splitlines(keepends=True) if not _SCOPE_NOISE.search(ln)]
+            if kept:
+                os.write(2, b"".join(kept))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SqccError
+from .errors import SqccError, quiet_vm_scope_warnings
 from .frontend import TensorSpec
 from .models import Preprocess
 
@@ -161,16 +161,20 @@ class Package:
             with tempfile.TemporaryDirectory() as d:
                 p = Path(d) / "lib.so"
                 try:
-                    if self.manifest["target"]["family"] == "host":
-                        self.executable.export_library(str(p))
-                    else:  # cross compilers (aarch64), CUDA: the target knows how to link
-                        from .targets import resolve
-
-                        resolve(self.manifest["target"]["name"]).export_library(self.executable, str(p))
+                    with quiet_vm_scope_warnings():
+                        self._export_library(p)
                 except Exception as e:
                     raise SqccError(f"cannot link the compiled library: {str(e).splitlines()[-1]}") from e
                 self._lib_bytes = p.read_bytes()
         return self._lib_bytes
+
+    def _export_library(self, p: Path) -> None:
+        if self.manifest["target"]["family"] == "host":
+            self.executable.export_library(str(p))
+        else:  # cross compilers (aarch64), CUDA: the target knows how to link
+            from .targets import resolve
+
+            resolve(self.manifest["target"]["name"]).export_library(self.executable, str(p))
 
     def export(self, path) -> Path:
         """Write the package tar atomically; returns the path."""
@@ -297,7 +301,8 @@ def load(path) -> Package:
             lib = Path(d) / "lib.so"
             lib.write_bytes(members["lib.so"])
             try:
-                executable = tvm.runtime.load_module(str(lib))
+                with quiet_vm_scope_warnings():
+                    executable = tvm.runtime.load_module(str(lib))
             except Exception as e:
                 raise SqccError(f"{path}: cannot load the compiled library ({str(e).splitlines()[-1]})") from e
     pkg = Package(executable, manifest, report, source=source, lib_bytes=members["lib.so"])
