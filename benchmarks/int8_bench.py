@@ -74,7 +74,6 @@ def main(argv=None):
     from sqcc.calibrate import calibration_feeds, collect_activations
     from sqcc.passes.int8 import layer_names, quantize_module
     from sqcc.preprocess import list_images, load_image, load_labels
-    from sqcc.schedules.cpu import host_model_name
     from sqcc.schedules.int8 import int8_isa
 
     say = lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -95,7 +94,9 @@ def main(argv=None):
         acc = sum(int(o.argmax() == y) for o, y in zip(outs, ys) if y is not None)
         return {"top1_agreement": agree, "top1_correct": acc, "n": len(outs)}
 
-    res = {"host": host_model_name(), "int8_isa": int8_isa(tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})),
+    from sqcc.targets.host import detect
+
+    res = {"host": detect().model, "int8_isa": int8_isa(tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})),
            "threads": threads, "calibration_images": len(feeds), "eval_images": len(xs)}
     res["fp32_onnxruntime"] = score(ref_out)
 

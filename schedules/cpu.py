@@ -8,10 +8,8 @@ AVX2-only Zen 2 and AVX-512/VNNI Xeons from one run to the next.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
-import tvm
 from tvm.target import Target
 from tvm.target import codegen
 
@@ -62,74 +60,14 @@ def cpu_info(target: Target) -> CpuInfo:
     return CpuInfo("other", mcpu, 4, 16, cores)
 
 
-def host_cpu_flags() -> set:
-    """The flags line of /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def host_clock() -> tuple[float | None, str]:
-    """(GHz, where it came from): cpufreq's cpuinfo_max_freq (the boost clock), else the
-    'cpu MHz' line of /proc/cpuinfo, which under a hypervisor is usually the nominal clock -- a
-    single core can then exceed the "peak" computed from it."""
-    try:
-        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq", encoding="utf-8") as f:
-            return int(f.read().strip()) / 1e6, "cpufreq max"
-    except (OSError, ValueError):
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                m = re.match(r"cpu MHz\s*:\s*([\d.]+)", line)
-                if m:
-                    return float(m.group(1)) / 1000.0, "/proc/cpuinfo cpu MHz (nominal; boost may exceed it)"
-    except OSError:
-        pass
-    return None, "unknown"
-
-
-def host_clock_ghz() -> float | None:
-    return host_clock()[0]
-
-
-def host_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def host_peak_gflops(cores: int | None = None) -> dict:
-    """fp32 peak of this host = FMA lanes x 2 flops x FMA units x clock x cores.
+    """fp32 peak of this host (:func:`sqcc.targets.host.detect` is the one place the host CPU is
+    read): FMA lanes x 2 flops x 2 FMA units x clock x cores, with where the clock came from."""
+    from ..targets.host import detect
 
-    FMA units per core: 2 on every x86 core with AVX2/AVX-512 that sqcc meets (Zen 2-5, Skylake-SP and
-    later Xeons: two 512-bit FMA ports on Gold/Platinum; some Silver parts have one -- the figure is then
-    an upper bound, which is what a roofline wants); 2 NEON FMA pipes on common Arm cores.
-    """
-    flags = host_cpu_flags()
-    if "avx512f" in flags:
-        lanes, isa = 16, "AVX-512"
-    elif "avx2" in flags and "fma" in flags:
-        lanes, isa = 8, "AVX2+FMA"
-    elif "asimd" in flags:
-        lanes, isa = 4, "NEON"
-    else:
-        lanes, isa = 4, "SSE"
-    units = 2
-    ghz, clock_src = host_clock()
-    ghz = ghz or 0.0
-    n = cores or os.cpu_count() or 1
-    return {"isa": isa, "lanes": lanes, "fma_units": units, "ghz": ghz, "cores": n,
-            "model": host_model_name(), "mcpu": codegen.llvm_get_system_cpu(),
-            "clock_source": clock_src,
-            "peak_gflops": lanes * 2 * units * ghz * n}
+    cpu = detect()
+    n = cores or cpu.cores
+    ghz = (cpu.mhz or 0.0) / 1000.0
+    return {"isa": cpu.isa, "lanes": cpu.simd_fp32_lanes, "fma_units": 2, "ghz": ghz, "cores": n,
+            "model": cpu.model, "mcpu": cpu.mcpu, "clock_source": cpu.clock_source,
+            "peak_gflops": cpu.simd_fp32_lanes * 2 * 2 * ghz * n}

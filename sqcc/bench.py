@@ -113,6 +113,7 @@ def benchmark_package(pkg, threads=None, repeat=50, warmup=5, compare=None, inpu
         if peak:
             result["peak_gflops"] = peak
             result["clock_ghz"] = cpu.mhz / 1000.0
+            result["clock_source"] = cpu.clock_source
     if timed:
         result["peers"] = [{"name": k, **v} for k, v in timed.items()]
         best = min(result["peers"], key=lambda p: p["median_ms"])
@@ -151,7 +152,7 @@ def format_result(r: dict) -> str:
         # The clock /proc/cpuinfo reports is the nominal one; boost clocks run higher, so a kernel
         # can pass this "peak": say which clock it is.
         peak = (f" ({100 * r['gflops'] / r['peak_gflops']:.0f}% of {r['peak_gflops']:.0f} GFLOP/s fp32 peak "
-                f"at the nominal {r.get('clock_ghz', 0):.2f} GHz; boost clocks run higher)") \
+                f"at {r.get('clock_ghz', 0):.2f} GHz: {r.get('clock_source', 'clock of unknown origin')})") \
             if r.get("peak_gflops") else ""
         lines.append(f"achieved {r['gflops']:.1f} GFLOP/s{peak}")
     return "\n".join(lines)
