@@ -11,6 +11,12 @@ against the detected CPU's fp32 peak (FMA lanes x 2 x FMA units x clock x cores)
 
     TVM_NUM_THREADS=2 python benchmarks/host_bench.py [--models squeezenet1.1 ...] [--runs 30]
         [--records tuning/host.json] [--no-untuned] [--profile]
+        [--stock-work-dir DIR [--stock-trials N --stock-per-task 64]]
+
+``--stock-work-dir`` adds "stock-tuned": TVM's own ``static_shape_tuning`` pipeline (MetaSchedule on
+TVM's default lowering, no sqcc layout or schedules), its database in DIR; with ``--stock-trials N``
+it tunes first (N trials, at most ``--stock-per-task`` per task) and prints the tuning wall time, so
+sqcc's tuner can be compared with stock MetaSchedule at the same trial budget on the same machine.
 
 ``--profile`` also prints the per-kernel time from the Relax VM profiler and how much of the
 end-to-end latency is spent outside kernels (VM dispatch, allocation, thread-pool wake-ups).
@@ -90,6 +96,9 @@ def main(argv=None) -> int:
     ap.add_argument("--records", default=None, help="MetaSchedule JSON database for the tuned build")
     ap.add_argument("--no-untuned", action="store_true", help="skip the (slow) unscheduled build")
     ap.add_argument("--profile", action="store_true", help="per-kernel times and time outside kernels")
+    ap.add_argument("--stock-work-dir", default=None, help="stock MetaSchedule database directory")
+    ap.add_argument("--stock-trials", type=int, default=0, help="tune stock MetaSchedule first (trials)")
+    ap.add_argument("--stock-per-task", type=int, default=64)
     args = ap.parse_args(argv)
 
     threads = os.environ.get("TVM_NUM_THREADS")
@@ -142,6 +151,16 @@ def main(argv=None) -> int:
         t2 = time.time()
         if args.records:
             variants["tuned"] = build(mod, target, tuning_records=args.records)
+        if args.stock_work_dir:
+            ts = time.time()
+            with target:
+                smod = relax.get_pipeline("static_shape_tuning", total_trials=args.stock_trials,
+                                          target=target, work_dir=args.stock_work_dir,
+                                          max_trials_per_task=args.stock_per_task)(mod)
+            if args.stock_trials:
+                print(f"stock MetaSchedule: {args.stock_trials} trials (<= {args.stock_per_task} per task) "
+                      f"tuned in {time.time() - ts:.0f} s wall")
+            variants["stock-tuned"] = tvm.compile(smod, target)
         print(f"\n== {name} ({flops / 1e9:.3f} GFLOP) build s: untuned {t1 - t0:.1f}, default {t2 - t1:.1f}")
 
         dev = tvm.cpu()
@@ -160,7 +179,8 @@ def main(argv=None) -> int:
         ort_med = min(stats["onnxruntime"]["median_ms"], stats["ort-nospin"]["median_ms"])
         print(f"{'variant':<12}{'median ms':>10}{'min':>9}{'max':>9}{'x ORT':>8}{'GFLOP/s':>9}"
               f"{'% peak':>8}{'max rel err':>13}")
-        for k in [*[v for v in ("untuned", "default", "tuned") if v in stats], "onnxruntime", "ort-nospin"]:
+        for k in [*[v for v in ("untuned", "default", "tuned", "stock-tuned") if v in stats],
+                  "onnxruntime", "ort-nospin"]:
             med, st = stats[k]["median_ms"], stats[k]
             gf = flops / med / 1e6
             pct = 100 * gf / peak["peak_gflops"] if peak["peak_gflops"] else float("nan")
