@@ -5,8 +5,10 @@
 * SqueezeNet 1.1 int8: top-1 agreement with fp32 (onnxruntime) and top-1 accuracy on
   ../shared/data/imagenet-sample, for each calibration method, next to onnxruntime's static quantiser
   (QDQ, per-channel, MinMax) on the same calibration images.
-* Latency (median of ≥30 after warm-up, 2 threads): sqcc int8 vs sqcc fp32 (same default schedules)
-  vs onnxruntime fp32 and int8.
+* Latency (median of ≥30 after warm-up, 2 threads, alternating blocks -- ``sqcc.bench.time_blocks``):
+  sqcc int8 vs sqcc fp32 (same default schedules) vs onnxruntime fp32 and int8 (each with its workers
+  spinning and sleeping; the faster setting is the peer). ``--mcpu znver2`` (or haswell) builds sqcc's
+  variants for an AVX2-only CPU as well, to show the AVX2 int8 kernel on a machine that has more.
 * Binary: one 256→256 3×3 conv on 28×28, XNOR popcount kernel vs sqcc's fp32 kernel for the layer.
 """
 from __future__ import annotations
@@ -26,33 +28,6 @@ SHARED = ROOT.parent / "shared"
 IMAGES = SHARED / "data" / "imagenet-sample"
 
 
-def _median_ms(fn, runs=30, warmup=5):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return {"median_ms": float(np.median(ts)), "min_ms": float(np.min(ts)), "max_ms": float(np.max(ts))}
-
-
-def _interleaved(fns: dict, runs=30, warmup=5):
-    """Time each callable once per round, round-robin, so drifting load on a shared machine hits
-    all of them alike; median/min/max per callable."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    ts = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            ts[k].append((time.perf_counter() - t) * 1e3)
-    return {k: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "max_ms": float(np.max(v)),
-                "runs": len(v)} for k, v in ts.items()}
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=200)
@@ -61,6 +36,8 @@ def main(argv=None):
     ap.add_argument("--methods", default="minmax,percentile,entropy,mse")
     ap.add_argument("--binary-images", type=int, default=50)
     ap.add_argument("--out", default="int8_bench.json")
+    ap.add_argument("--mcpu", default=None, help="also build sqcc fp32/int8 for this LLVM CPU (e.g. znver2)")
+    ap.add_argument("--latency-only", action="store_true", help="skip the accuracy figures (2 methods)")
     a = ap.parse_args(argv)
     threads = int(os.environ.get("TVM_NUM_THREADS", "2"))
     os.environ["TVM_NUM_THREADS"] = str(threads)
@@ -70,7 +47,8 @@ def main(argv=None):
     from tvm import relax
 
     import sqcc.frontend as F
-    from sqcc.build import build
+    from sqcc.bench import time_blocks
+    from sqcc.build import build, host_target
     from sqcc.calibrate import calibration_feeds, collect_activations
     from sqcc.passes.int8 import layer_names, quantize_module
     from sqcc.preprocess import list_images, load_image, load_labels
@@ -87,6 +65,11 @@ def main(argv=None):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     ref = ort.InferenceSession(m.source, so, providers=["CPUExecutionProvider"])
+    so_q = ort.SessionOptions()
+    so_q.intra_op_num_threads = threads
+    so_q.inter_op_num_threads = 1
+    so_q.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    ref_nospin = ort.InferenceSession(m.source, so_q, providers=["CPUExecutionProvider"])
     ref_out = [ref.run(None, {"data": x})[0].reshape(-1) for x in xs]
 
     def score(outs):
@@ -131,35 +114,37 @@ def main(argv=None):
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     ort_q = ort.InferenceSession(str(tmp / "q.onnx"), so, providers=["CPUExecutionProvider"])
+    ort_q_nospin = ort.InferenceSession(str(tmp / "q.onnx"), so_q, providers=["CPUExecutionProvider"])
     res["int8_onnxruntime_minmax"] = score([ort_q.run(None, {"data": x})[0].reshape(-1) for x in xs])
 
     say("latency")
     x0 = xs[0]
     xt = tvm.runtime.tensor(x0)
     best = max(vms, key=lambda k: res[f"int8_sqcc_{k}"]["top1_agreement"])
-    from sqcc.schedules.int8 import build_int8
-
-    vm_pp = relax.VirtualMachine(build_int8(quantize_module(m.mod, acts, best), "host"), tvm.cpu())
-    res[f"int8_sqcc_{best}_prepacked"] = score(run(vm_pp))
-    lat = _interleaved({"sqcc_fp32": lambda: vm_f["main"](xt),
-                        f"sqcc_int8_{best}": lambda: vms[best]["main"](xt),
-                        f"sqcc_int8_{best}_prepacked": lambda: vm_pp["main"](xt),
-                        "onnxruntime_fp32": lambda: ref.run(None, {"data": x0}),
-                        "onnxruntime_int8": lambda: ort_q.run(None, {"data": x0})}, a.runs)
-    i8 = lat[f"sqcc_int8_{best}"]
-    lat["ratios_of_medians"] = {
-        "sqcc_fp32/sqcc_int8": lat["sqcc_fp32"]["median_ms"] / i8["median_ms"],
-        "ort_fp32/sqcc_int8": lat["onnxruntime_fp32"]["median_ms"] / i8["median_ms"],
-        "ort_int8/sqcc_int8": lat["onnxruntime_int8"]["median_ms"] / i8["median_ms"]}
-    pp = lat[f"sqcc_int8_{best}_prepacked"]
-    lat["ratios_of_medians_prepacked"] = {
-        "sqcc_fp32/sqcc_int8": lat["sqcc_fp32"]["median_ms"] / pp["median_ms"],
-        "ort_fp32/sqcc_int8": lat["onnxruntime_fp32"]["median_ms"] / pp["median_ms"],
-        "ort_int8/sqcc_int8": lat["onnxruntime_int8"]["median_ms"] / pp["median_ms"]}
-    lat["ratios_of_minima"] = {
-        "sqcc_fp32/sqcc_int8": lat["sqcc_fp32"]["min_ms"] / i8["min_ms"],
-        "ort_fp32/sqcc_int8": lat["onnxruntime_fp32"]["min_ms"] / i8["min_ms"],
-        "ort_int8/sqcc_int8": lat["onnxruntime_int8"]["min_ms"] / i8["min_ms"]}
+    vm_pp = vms[best]  # sqcc's build packs the int8 weights at build time
+    fns = {"sqcc_fp32": lambda: vm_f["main"](xt),
+           f"sqcc_int8_{best}": lambda: vm_pp["main"](xt),
+           "onnxruntime_fp32": lambda: ref.run(None, {"data": x0}),
+           "onnxruntime_fp32_nospin": lambda: ref_nospin.run(None, {"data": x0}),
+           "onnxruntime_int8": lambda: ort_q.run(None, {"data": x0}),
+           "onnxruntime_int8_nospin": lambda: ort_q_nospin.run(None, {"data": x0})}
+    if a.mcpu:
+        t2 = tvm.target.Target({"kind": "llvm", "mcpu": a.mcpu, "num-cores": threads})
+        vm_f2 = relax.VirtualMachine(build(m.mod, t2), tvm.cpu())
+        vm_q2 = relax.VirtualMachine(build(quantize_module(m.mod, acts, best), t2), tvm.cpu())
+        res[f"int8_sqcc_{best}_{a.mcpu}"] = score(run(vm_q2))
+        fns[f"sqcc_fp32_{a.mcpu}"] = lambda: vm_f2["main"](xt)
+        fns[f"sqcc_int8_{best}_{a.mcpu}"] = lambda: vm_q2["main"](xt)
+    lat = time_blocks(fns, a.runs, 5)
+    i8 = lat[f"sqcc_int8_{best}"]["median_ms"]
+    o32 = min(lat["onnxruntime_fp32"]["median_ms"], lat["onnxruntime_fp32_nospin"]["median_ms"])
+    o8 = min(lat["onnxruntime_int8"]["median_ms"], lat["onnxruntime_int8_nospin"]["median_ms"])
+    lat["ratios_of_medians"] = {  # > 1: sqcc int8 is faster
+        "sqcc_fp32/sqcc_int8": lat["sqcc_fp32"]["median_ms"] / i8,
+        "ort_fp32/sqcc_int8": o32 / i8, "ort_int8/sqcc_int8": o8 / i8, "ort_fp32/ort_int8": o32 / o8}
+    if a.mcpu:
+        lat["ratios_of_medians"][f"sqcc_fp32/sqcc_int8 ({a.mcpu})"] = \
+            lat[f"sqcc_fp32_{a.mcpu}"]["median_ms"] / lat[f"sqcc_int8_{best}_{a.mcpu}"]["median_ms"]
     res["latency"] = lat
 
     say("binary layer")
@@ -179,7 +164,7 @@ def main(argv=None):
     vf = relax.VirtualMachine(build(layer, "host"), tvm.cpu())
     vx = relax.VirtualMachine(build(Binary(mode="xnor", skip=["none"])(layer), "host"), tvm.cpu())
     t = tvm.runtime.tensor(xb)
-    bl = _interleaved({"sqcc_fp32": lambda: vf["main"](t), "sqcc_xnor": lambda: vx["main"](t)}, a.runs)
+    bl = time_blocks({"sqcc_fp32": lambda: vf["main"](t), "sqcc_xnor": lambda: vx["main"](t)}, a.runs, 5)
     bl["speedup_medians"] = bl["sqcc_fp32"]["median_ms"] / bl["sqcc_xnor"]["median_ms"]
     bl["speedup_minima"] = bl["sqcc_fp32"]["min_ms"] / bl["sqcc_xnor"]["min_ms"]
     bl["weight_bytes"] = {"fp32": int(w.nbytes), "packed": int(w.nbytes // 32)}

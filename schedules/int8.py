@@ -333,13 +333,3 @@ def prepack_weights(mod, target):
     with target:
         mod = relax.transform.SplitLayoutRewritePreproc()(mod)
         return relax.transform.FoldConstant()(mod)
-
-
-def build_int8(mod, target="host"):
-    """``sqcc.build.build`` with :func:`prepack_weights` in between (until build.py calls it)."""
-    from tvm import relax
-
-    from ..build import as_target, schedule
-
-    target = as_target(target)
-    return relax.build(prepack_weights(schedule(mod, target), target), target)
