@@ -67,9 +67,11 @@ def lower_to_tir(mod: tvm.IRModule, target: tvm.target.Target,
     seq = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
     if layout and _is_cpu(target):
         from sqcc.schedules.cpu import cpu_info
-        from sqcc.schedules.layout import pad_output_channels, to_nhwc
+        from sqcc.schedules.layout import pad_output_channels, split_depthwise_multiplier, to_nhwc
         from sqcc.schedules.fold import fold_constants_numpy
-        seq += [to_nhwc(), pad_output_channels(cpu_info(target).lanes), fold_constants_numpy()]
+        from sqcc.passes.shuffle_canon import gather_to_nhwc
+        seq += [split_depthwise_multiplier(), to_nhwc(), gather_to_nhwc(),
+                pad_output_channels(cpu_info(target).lanes), fold_constants_numpy()]
     seq += [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

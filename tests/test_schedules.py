@@ -404,3 +404,29 @@ def test_trials_follow_measured_time_per_model_run():
     capped = allocate_trials(plan, 600, cap=101, step=16)
     assert all(x <= 100 for x in capped) and sum(capped) == 300
     assert allocate_trials(plan, 0) == [0, 0, 0, 0]
+
+
+def test_depthwise_multiplier_is_split_and_folded_into_the_pointwise():
+    """dwsep's depthwise conv with multiplier M runs as a multiplier-1 depthwise on the input
+    repeated M times; the pointwise conv absorbs the channel order (no gather); exact vs onnxruntime."""
+    from tvm import tirx
+
+    from sqcc.build import lower_to_tir
+
+    rng = np.random.default_rng(0)
+    c, m, o = 8, 2, 12
+    inits = [numpy_helper.from_array(rng.standard_normal((c * m, 1, 3, 3)).astype(np.float32), "Wd"),
+             numpy_helper.from_array(rng.standard_normal((o, c * m, 1, 1)).astype(np.float32), "Wp"),
+             numpy_helper.from_array(rng.standard_normal(o).astype(np.float32), "Bp")]
+    nodes = [helper.make_node("Conv", ["x", "Wd"], ["d"], kernel_shape=[3, 3], pads=[1] * 4, group=c),
+             helper.make_node("Relu", ["d"], ["r"]),
+             helper.make_node("Conv", ["r", "Wp", "Bp"], ["y"], kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, "dwsep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 9, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    out, ref = _run_both(model)
+    assert _rel_err(out, ref) <= RTOL
+    mod, _, _ = _import(model)
+    names = [gv.name_hint for gv, f in lower_to_tir(mod, host_target(2)).functions_items()
+             if isinstance(f, tirx.PrimFunc)]
+    assert any("concatenate" in n for n in names) and not any("take" in n for n in names), names
