@@ -15,13 +15,24 @@ which computes in float. This pass rewrites it to
 
 The shift by 128 gives every ReLU-range activation (z_x = −128) zero point 0, so the conv's own zero
 padding is exact and no pad op is needed (a tensor with another zero point is padded explicitly with
-it); the integer offset is TFLite's int32 bias minus the zero-point term; the requantisation is
-XNNPACK's fp32 one (float multiply, round to nearest even), which LiteRT uses on CPU. FuseOps fuses
-the epilogue and the next layer's shift into one kernel. Measured: identical to LiteRT on
-person_detect (0 steps on both test images and on random inputs). Everything else (average pool,
-softmax, reshapes) keeps its dequantize → op → quantize form.
+it); the integer offset is TFLite's int32 bias minus the zero-point term. FuseOps fuses the epilogue
+and the next layer's shift into one kernel. Two requantisations (``requant=``):
 
-Use: :func:`fold_qdq` (``mod → mod``), or the registered pass ``qdq_fold``.
+* ``"float"`` (default, host targets): XNNPACK's fp32 one (float multiply, round to nearest even),
+  which LiteRT uses on CPU. Measured: identical to LiteRT on person_detect (0 steps on both test
+  images and on random inputs).
+* ``"fixed"`` (the micro target): TFLite's integer fixed-point one (:func:`fixed_point_requant`,
+  ``MultiplyByQuantizedMultiplier`` with double rounding: one int32×int32→int64 multiply and shifts,
+  no float), what TFLite Micro, CMSIS-NN and LiteRT's builtin int8 kernels compute. The integer
+  average pool (imported as a float average rounded half away from zero) becomes an int32 window
+  sum and a rounded integer division as well. Measured on person_detect: identical to LiteRT's
+  builtin reference kernels (``OpResolverType.BUILTIN_REF``) on both test images and random inputs;
+  up to 3 output steps from LiteRT's default XNNPACK path (no_person.bmp: 57 vs 60).
+
+Everything else (softmax, reshapes) keeps its dequantize → op → quantize form.
+
+Use: :func:`fold_qdq` (``mod → mod``; ``requant="float"|"fixed"``), or the registered pass
+``qdq_fold`` (float).
 """
 from __future__ import annotations
 
@@ -79,8 +90,130 @@ def _scalar(expr):
     return float(a.reshape(()))
 
 
-def fold_qdq(mod, records: list | None = None):
-    """Rewrite every foldable quantised conv of ``mod``'s main into int8 × int8 → int32 (see module doc)."""
+REQUANT_MODES = ("float", "fixed")
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: ``m ≈ q · 2^(shift − 31)`` with q in [2^30, 2^31)."""
+    if m == 0.0:
+        return 0, 0
+    frac, shift = np.frexp(float(m))
+    q = int(round(frac * (1 << 31)))  # round half away from zero (std::round); frac > 0
+    if q == (1 << 31):
+        q //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return q, int(shift)
+
+
+def fixed_point_requant(acc, m, shape):
+    """Integer-only requantisation of an int32 accumulator ``acc`` by the real multipliers ``m``
+    (one per output channel, broadcast with ``shape``), exactly as TFLite's
+    ``MultiplyByQuantizedMultiplier`` (TFLite Micro's reference kernels, CMSIS-NN and LiteRT's
+    builtin int8 kernels; double rounding):
+
+        x    = acc · 2^max(shift, 0)
+        high = SaturatingRoundingDoublingHighMul(x, q) = (x·q + 2^30) >> 31        (int64 product)
+        out  = RoundingDivideByPOT(high, e = max(−shift, 0))
+             = (high + 2^(e−1) − [high < 0]) >> e     (e ≥ 1; round half away from zero)
+             = (((high − [high < 0]) >> (e−1)) + 1) >> 1          (the form emitted when all e ≥ 1)
+
+    The high-mul's nudge (2^30 or 1 − 2^30) and C's truncating division combine to one floor
+    shift of x·q + 2^30 for either sign. No float arithmetic: a Cortex-M without (or with) an FPU
+    runs it with one ``smull`` and a few shifts. Returns an int32 Relax expression."""
+    from tvm import relax
+
+    qs = np.zeros(len(m), np.int64)
+    sh = np.zeros(len(m), np.int64)
+    for i, v in enumerate(np.asarray(m, np.float64)):
+        qs[i], sh[i] = quantize_multiplier(v)
+    left = np.maximum(sh, 0)
+    right = np.maximum(-sh, 0)
+    if right.max() > 31:
+        right = np.minimum(right, 31)
+    x = acc
+    if left.any():
+        x = relax.op.multiply(x, relax.const((np.int64(1) << left).astype(np.int32).reshape(shape)))
+    prod = relax.op.multiply(relax.op.astype(x, "int64"), relax.const(qs.reshape(shape), "int64"))
+    high = relax.op.astype(relax.op.right_shift(
+        relax.op.add(prod, relax.const(np.int64(1 << 30), "int64")), relax.const(np.int64(31), "int64")),
+        "int32")  # (relax.const turns int64 numpy data into int32 unless told the dtype)
+    if not right.any():
+        return high
+    neg = relax.op.right_shift(high, relax.const(np.int32(31)))  # −1 where high < 0, else 0
+    if right.all():
+        # (n + 2^(e−1)) >> e == ((n >> (e−1)) + 1) >> 1 for e ≥ 1: one per-channel constant, not two
+        y = relax.op.right_shift(relax.op.add(high, neg), relax.const((right - 1).astype(np.int32).reshape(shape)))
+        return relax.op.right_shift(relax.op.add(y, relax.const(np.int32(1))), relax.const(np.int32(1)))
+    # some channels have e = 0: they take neither the rounding term nor the sign term
+    neg = relax.op.bitwise_and(neg, relax.const(np.where(right > 0, -1, 0).astype(np.int32).reshape(shape)))
+    rnd = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0).astype(np.int32)
+    y = relax.op.add(relax.op.add(high, relax.const(rnd.reshape(shape))), neg)
+    return relax.op.right_shift(y, relax.const(right.astype(np.int32).reshape(shape)))
+
+
+def _int_avg_pools(binds, by_var) -> dict:
+    """Integer average pools imported as astype(float32) → avg_pool2d → sign·floor(|·| + 0.5) →
+    astype(int32) (sqcc.tflite_frontend's TFLite rule, in float): {the astype(int32) var: plan}.
+    Only unpadded windows (a constant divisor), 8-bit sources, NHWC or NCHW."""
+    from ..layers import op_name
+
+    def bind(expr, op):
+        b = by_var.get(expr)
+        return b if b is not None and op_name(b.value) == op else None
+
+    out = {}
+    for b in binds:
+        if op_name(b.value) != "relax.astype" or str(b.var.ty.dtype) != "int32":
+            continue
+        r = bind(b.value.args[0], "relax.multiply")
+        if r is None:
+            continue
+        sb, fb = (bind(a, "relax.sign") for a in r.value.args)
+        if sb is None:
+            sb, fb = (bind(a, "relax.sign") for a in reversed(r.value.args))
+            fb = bind(r.value.args[0], "relax.floor")
+        else:
+            fb = bind(r.value.args[1], "relax.floor")
+        if sb is None or fb is None:
+            continue
+        pool = sb.value.args[0]
+        hb = bind(fb.value.args[0], "relax.add")
+        if hb is None or _scalar(hb.value.args[1]) != 0.5:
+            continue
+        ab = bind(hb.value.args[0], "relax.abs")
+        pb = bind(pool, "relax.nn.avg_pool2d")
+        if ab is None or pb is None or not ab.value.args[0].same_as(pool):
+            continue
+        a = pb.value.attrs
+        lay = str(a.layout)
+        if lay not in ("NHWC", "NCHW") or str(a.out_layout) != lay or any(int(t) for t in a.padding) \
+                or any(int(d) != 1 for d in a.dilation) or bool(a.ceil_mode):
+            continue
+        cb = bind(pb.value.args[0], "relax.astype")
+        if cb is None:
+            continue
+        src = cb.value.args[0]
+        inner = bind(src, "relax.astype")
+        if inner is not None and str(inner.value.args[0].ty.dtype) in ("int8", "uint8"):
+            src = inner.value.args[0]
+        if str(src.ty.dtype) not in ("int8", "uint8"):
+            continue
+        out[b.var] = dict(x=src, layout=lay, pool=[int(k) for k in a.pool_size],
+                          strides=[int(t) for t in a.strides])
+    return out
+
+
+def fold_qdq(mod, records: list | None = None, requant: str = "float"):
+    """Rewrite every foldable quantised conv of ``mod``'s main into int8 × int8 → int32 (see module doc).
+
+    ``requant``: ``"float"`` (default) -- XNNPACK's fp32 requantisation, bit-exact with LiteRT's
+    default CPU path; ``"fixed"`` -- TFLite's integer fixed-point requantisation
+    (:func:`fixed_point_requant`: no float at all, what TFLite Micro / CMSIS-NN compute; the
+    micro target uses it)."""
+    if requant not in REQUANT_MODES:
+        raise SqccError(f"qdq_fold: requant must be one of {', '.join(REQUANT_MODES)}, not {requant!r}")
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
@@ -175,7 +308,8 @@ def fold_qdq(mod, records: list | None = None):
                             z_y=z_y, lo=lo,
                             hi=hi, out=cur, members=members, olay=olay, o=o)
 
-    if not plans:
+    pools = _int_avg_pools(binds, by_var) if requant == "fixed" else {}
+    if not plans and not pools:
         return mod
     member_vars = {v for p in plans.values() for v in p["members"]}
     recs = records if records is not None else []
@@ -200,6 +334,9 @@ def fold_qdq(mod, records: list | None = None):
             v = binding.var
             if v in member_vars:
                 return
+            if v in pools:
+                self._int_avg_pool(v, pools[v])
+                return
             p = plans.get(v)
             if p is None:
                 return super().visit_var_binding_(binding)
@@ -221,6 +358,17 @@ def fold_qdq(mod, records: list | None = None):
                 v.name + "_i32")
             shape = [1, 1, 1, 1]
             shape[p["olay"].index("C")] = p["o"]
+            if requant == "fixed":
+                koff = p["koff"]
+                if koff is None:  # float bias not in TFLite's int32 units: nearest integer offset
+                    koff = np.round(p["add"] / p["m"]).astype(np.int32)
+                acc = relax.op.add(acc, relax.const(koff.reshape(shape)))
+                y = fixed_point_requant(acc, p["m"], shape)
+                y = relax.op.add(y, relax.const(np.int32(p["z_y"])))
+                y = relax.op.maximum(relax.op.minimum(y, relax.const(np.int32(p["hi"]))),
+                                     relax.const(np.int32(p["lo"])))
+                self._emit_out(p, v, relax.op.astype(y, "int8"), "fixed-point")
+                return
             if p["koff"] is not None:
                 acc = relax.op.add(acc, relax.const(p["koff"].reshape(shape)))
             y = relax.op.multiply(relax.op.astype(acc, "float32"),
@@ -232,7 +380,33 @@ def fold_qdq(mod, records: list | None = None):
             y = relax.op.add(y, relax.const(np.float32(p["z_y"])))
             y = relax.op.maximum(relax.op.minimum(y, relax.const(np.float32(p["hi"]))),
                                  relax.const(np.float32(p["lo"])))
-            out = relax.op.astype(y, "int8")
+            self._emit_out(p, v, relax.op.astype(y, "int8"), "fp32")
+
+        def _int_avg_pool(self, v, p):
+            """TFLite's integer average pool: window sum in int32 (a depthwise conv with ones),
+            then (sum ± n/2) / n truncated, i.e. round half away from zero. No float."""
+            x = self.visit_expr(p["x"])
+            lay = p["layout"]
+            c = int(x.ty.shape[lay.index("C")])
+            kh, kw = p["pool"]
+            ones = np.ones((kh, kw, 1, c) if lay == "NHWC" else (c, 1, kh, kw), np.int8)
+            acc = self.builder_.emit(relax.op.nn.conv2d(
+                x, relax.const(ones), strides=p["strides"], padding=[0, 0, 0, 0], groups=c,
+                data_layout=lay, kernel_layout="HWIO" if lay == "NHWC" else "OIHW", out_dtype="int32"),
+                v.name + "_sum")
+            n, half = kh * kw, (kh * kw) // 2
+            pos = relax.op.floor_divide(relax.op.add(acc, relax.const(np.int32(half))),
+                                        relax.const(np.int32(n)))
+            neg = relax.op.negative(relax.op.floor_divide(
+                relax.op.subtract(relax.const(np.int32(half)), acc), relax.const(np.int32(n))))
+            out = relax.op.where(relax.op.greater_equal(acc, relax.const(np.int32(0))), pos, neg)
+            new = self.builder_.emit(out, v.name) if isinstance(v, relax.DataflowVar) else \
+                self.builder_.emit_output(out, v.name)
+            self.set_var_remap(v, new)
+            recs.append(LayerRecord(v.name, "qdq_fold", True,
+                                    f"integer average pool {kh}×{kw} (int32 sum, rounded division)"))
+
+        def _emit_out(self, p, v, out, how):
             o_var = p["out"]
             if isinstance(o_var, relax.DataflowVar):
                 new = self.builder_.emit(out, o_var.name)
@@ -240,7 +414,8 @@ def fold_qdq(mod, records: list | None = None):
                 new = self.builder_.emit_output(out, o_var.name)
             self.set_var_remap(o_var, new)
             recs.append(LayerRecord(v.name, "qdq_fold", True,
-                                    f"int8×int8→int32, groups={int(a.groups)}, zero point {int(p['z_x'])}"))
+                                    f"int8×int8→int32, groups={int(p['attrs'].groups)}, zero point "
+                                    f"{int(p['z_x'])}, {how} requantisation"))
 
     new_main = _Folder(mod).visit_expr(func)
     out = tvm_ir_update(mod, "main", new_main)

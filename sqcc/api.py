@@ -88,7 +88,8 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     if is_int8_tflite(m):
         # dequantize → float op → quantize (as TVM imports int8 TFLite) becomes true int8 ops
         say("folding quantize/dequantize pairs into int8 ops")
-        mod = fold_qdq(mod, ctx.records)
+        # micro: TFLite's integer fixed-point requantisation (what TFLite Micro computes; no float)
+        mod = fold_qdq(mod, ctx.records, requant="fixed" if spec.family == "micro" else "float")
     mod = run_passes(mod, pass_objs, pass_specs, dump_ir, say) if pass_specs else mod
     after = layers.layers(mod)
     report["after"] = {"layers": [l.to_json() for l in after], "totals": layers.totals(after)}

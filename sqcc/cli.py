@@ -304,10 +304,17 @@ def cmd_run(args):
         # The ELF ran under emulation: say how far it is from the original model on the host.
         from .fidelity import output_errors, reference_for_package
 
+        from .targets.micro import integer_reference
+
+        iref = integer_reference(pkg)  # int8 TFLite: the integer arithmetic the micro build uses
         ref = reference_for_package(pkg).run({spec.name: x})[0]
         e = output_errors(outs[0], ref)
-        print(f"checked against {reference_for_package(pkg).name} on the host: max abs err {e['max_abs']:.3g}, "
-              f"max rel err {e['max_rel']:.3g}")
+        how = " (XNNPACK: fp32 requantisation)" if iref is not None else ""
+        print(f"checked against {reference_for_package(pkg).name}{how} on the host: max abs err "
+              f"{e['max_abs']:.3g}, max rel err {e['max_rel']:.3g}")
+        if iref is not None:
+            e = output_errors(outs[0], iref.run(x)[0])
+            print(f"checked against {iref.name}: max abs err {e['max_abs']:.3g}")
     k = min(args.print_top, logits.size)
     order = np.argsort(-logits.astype(np.float64), kind="stable")[:k]
     print(f"{pkg.manifest['model']['name']} on {pkg.target}: output {outs[0].shape} {outs[0].dtype} "

@@ -4,7 +4,9 @@ Kernels come from TVM's ``c`` target (the Relax module is legalized and fused, i
 with target ``c`` and their C source exported). sqcc generates everything else:
 
 * ``model.c``   -- a driver that calls the kernels in topological order over ONE statically planned
-                    arena (greedy-by-size over lifetime intervals, workspaces of fused kernels included),
+                    arena (greedy placement over lifetime intervals, workspaces of fused kernels
+                    included; a kernel's output may be written over an input it finishes reading
+                    where its TIR access order allows -- :func:`_overlap_limit`),
                     weights as ``const`` data in flash (``weights.bin`` pulled in by ``.incbin``), no
                     heap, no TVM runtime (the three runtime symbols the kernels need are stubbed:
                     ``TVMBackendAllocWorkspace`` / ``TVMBackendFreeWorkspace`` hand out the planned
@@ -15,6 +17,13 @@ with target ``c`` and their C source exported). sqcc generates everything else:
                     against a loop of known length) and the stack high-water mark;
 * ``link.ld``, ``Makefile`` and the ELF, built with ``arm-none-eabi-gcc``.
 
+Kernels are scheduled so that a fused conv keeps its int32 accumulator in a local (no workspace)
+and writes 8-bit outputs; int8 TFLite models arrive with integer fixed-point requantisation
+(``passes/qdq_fold.py``, ``requant="fixed"``), so no int32 or float tensor is materialised between
+kernels. The stack is sized from the measured high-water mark (+512 B) after a first run.
+RAM = .data + .bss + arena (inputs, outputs, activations, workspaces) + stack; ``micro.json``
+has the plan, the arena's fullest step (``arena_peak``) and ``ram_breakdown``.
+
 The cost figure is **instructions executed by the inference call**, measured under
 ``qemu-system-arm -icount shift=0`` (every instruction advances virtual time by 1 ns; SysTick counts
 processor-clock ticks of that virtual time; the count is converted to instructions with a calibration
@@ -23,7 +32,7 @@ count, deterministic from run to run, not a cycle count of real silicon.
 
 Public API: :func:`compile_micro`, :func:`run_micro`, :func:`bench_micro`, :func:`spec` (the
 TargetSpec for ``micro:PRESET``), :func:`is_micro_build`, :data:`PRESETS`, :func:`get_preset`,
-:func:`plan_arena`, :func:`check_plan`, :func:`check_toolchain`.
+:func:`plan_arena`, :func:`check_plan`, :func:`check_toolchain`, :func:`integer_reference`.
 
 Debian packages: gcc-arm-none-eabi (brings binutils-arm-none-eabi), libnewlib-arm-none-eabi,
 qemu-system-arm.
@@ -46,7 +55,8 @@ from sqcc.errors import SqccError
 KiB = 1024
 MiB = 1024 * 1024
 ALIGN = 16
-DEFAULT_STACK = 16 * KiB
+DEFAULT_STACK = 16 * KiB  # first link (and the budget check); then the measured need + STACK_MARGIN
+STACK_MARGIN = 512
 CALIB_ITERS = 1_000_000  # calibration loop: 2 instructions per iteration (subs + bne)
 QEMU_TIMEOUT_S = 900
 
@@ -348,7 +358,7 @@ def _inline_schedule(func):
     try:
         sch = s_tir.Schedule(func)
         root = sch.get_sblock("root")
-        for _ in range(8):
+        for _ in range(len(sch.get_child_blocks(root)) + 1):  # until nothing more inlines
             changed = False
             outs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
             for blk in sch.get_child_blocks(root):
@@ -385,10 +395,41 @@ def _inline_schedule(func):
         return func
 
 
+_C_INTRINSICS_REGISTERED = False
+
+
+def _register_c_intrinsics():
+    """TVM 0.27's ``c`` target has no lowering rule for some math intrinsics that LLVM lowers
+    itself (``tirx.fabs``: an integer TFLite average pool's round-half-away-from-zero emits it), and
+    codegen stops with "Unresolved call". Lower them to the C library (fabsf/fabs), as the llvm
+    target's rule does with its intrinsic. Registered for target ``c`` only."""
+    global _C_INTRINSICS_REGISTERED
+    if _C_INTRINSICS_REGISTERED:
+        return
+    import tvm
+    from tvm.tirx.op import register_intrin_lowering
+
+    def libm(name32, name64):
+        def lower(op):
+            dt = str(getattr(op, "dtype", None) or op.ty)
+            if dt not in ("float32", "float64"):
+                return op  # no rule: codegen reports it (turned into an SqccError by the caller)
+            return tvm.tirx.call_pure_extern(dt, name32 if dt == "float32" else name64, *op.args)
+        return lower
+
+    for op, (n32, n64) in {"tirx.fabs": ("fabsf", "fabs")}.items():
+        try:
+            register_intrin_lowering(op, target="c", f=libm(n32, n64), level=10)
+        except Exception:  # noqa: BLE001 -- already registered (module reloaded)
+            pass
+    _C_INTRINSICS_REGISTERED = True
+
+
 def _build_kernels(mod, schedule: bool = True):
     """Build every PrimFunc with target c; returns (C source, {kernel: workspace bytes})."""
     import tvm
 
+    _register_c_intrinsics()
     funcs = {}
     for gv, f in mod.functions.items():
         if isinstance(f, tvm.tirx.PrimFunc):
@@ -396,8 +437,11 @@ def _build_kernels(mod, schedule: bool = True):
                 f = _inline_schedule(f.with_attr("global_symbol", gv.name_hint))
             funcs[gv] = f.with_attr("global_symbol", gv.name_hint)
     tir = tvm.IRModule(funcs)
-    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
-        lib = tvm.tirx.build(tir, target="c")
+    try:
+        with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+            lib = tvm.tirx.build(tir, target="c")
+    except Exception as e:  # noqa: BLE001 -- a TVM codegen gap: name the kernel and the operation
+        raise SqccError(_codegen_error(e, funcs)) from e
     src = lib.inspect_source()
     ws = {}
     for gv in funcs:
@@ -414,7 +458,24 @@ def _build_kernels(mod, schedule: bool = True):
                 raise SqccError(f"micro: kernel {name} allocates a workspace of non-constant size")
             total += _align(int(sz.group(1)))
         ws[name] = total
-    return src, ws
+    return src, ws, {gv.name_hint: f for gv, f in funcs.items()}
+
+
+def _codegen_error(e: Exception, funcs: dict) -> str:
+    """A readable message for a failure of TVM's c codegen: which intrinsic, in which kernels."""
+    text = str(e)
+    m = re.search(r'name="([\w.]+)"', text)
+    if m is not None and "Unresolved call" in text:
+        op = m.group(1)
+        short = op.split(".")[-1]
+        users = [gv.name_hint for gv, f in funcs.items() if re.search(r"\b%s\(" % re.escape(short), str(f))]
+        where = f" (used by kernel{'s' if len(users) > 1 else ''} {', '.join(users[:3])}" \
+                f"{' …' if len(users) > 3 else ''})" if users else ""
+        return (f"micro: TVM's C code generator cannot lower the operation {op}{where}; the micro "
+                "target builds kernels with TVM's 'c' target, which has no rule for it. This is a gap "
+                "in sqcc's micro target, not a problem with the model: please report it")
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return f"micro: TVM's C code generator failed: {lines[-1][:300] if lines else type(e).__name__}"
 
 
 def _align(n: int, a: int = ALIGN) -> int:
@@ -422,40 +483,352 @@ def _align(n: int, a: int = ALIGN) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# In-place overlap of a kernel's output with an input that dies at that kernel
+# --------------------------------------------------------------------------------------------------
+# A conv writes its output element by element; once an input element's last reader has run, its bytes
+# may hold output. _overlap_limit finds, from the kernel's (scheduled) TIR, how far the output may be
+# shifted onto the input: d_max such that with out_base - in_base = d <= d_max no output byte is
+# written before every read of the input byte it lands on. It executes the loop nest symbolically
+# (numpy over each leaf block's whole iteration space): every input element's last-read time and
+# every output element's first-write time, in the kernel's sequential order. The kernels are plain
+# serial C without `restrict` (every access goes through char-typed or same-typed pointers that may
+# alias), so the compiler keeps that order. Anything the evaluator does not know makes it give up
+# (no overlap for that pair). Guarded loads count as reads even where the guard is false.
+OVERLAP_MAX_POINTS = 4_000_000
+PLAN_TRIES = 48  # seeded perturbed orders tried by plan_arena when overlaps are allowed  # iteration-space points evaluated per leaf block
+
+
+class _NoOverlap(Exception):
+    pass
+
+
+def _np_eval(e, env):
+    """Evaluate an index expression over numpy grids of loop values (``env``: Var → array)."""
+    t = type(e).__name__
+    if t == "IntImm":
+        return np.int64(e.value)
+    if t == "FloatImm":
+        return np.float64(e.value)
+    if t == "Var":
+        for k, v in env.items():
+            if k.same_as(e):
+                return v
+        raise _NoOverlap(f"free variable {e}")
+    bins = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "FloorDiv": np.floor_divide,
+            "FloorMod": np.mod, "Min": np.minimum, "Max": np.maximum, "EQ": np.equal, "NE": np.not_equal,
+            "LT": np.less, "LE": np.less_equal, "GT": np.greater, "GE": np.greater_equal,
+            "And": np.logical_and, "Or": np.logical_or}
+    if t in bins:
+        return bins[t](_np_eval(e.a, env), _np_eval(e.b, env))
+    if t in ("Div", "Mod"):
+        a, b = _np_eval(e.a, env), _np_eval(e.b, env)
+        q = np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
+        return q if t == "Div" else a - b * q
+    if t == "Not":
+        return np.logical_not(_np_eval(e.a, env))
+    if t == "Cast":
+        return _np_eval(e.value, env)
+    if t == "Select":
+        return np.where(_np_eval(e.condition, env), _np_eval(e.true_value, env), _np_eval(e.false_value, env))
+    if t == "Call":
+        name = getattr(e.op, "name", "")
+        if name == "tirx.if_then_else":
+            return np.where(*(_np_eval(a, env) for a in e.args))
+        if name == "tirx.likely":
+            return _np_eval(e.args[0], env)
+        raise _NoOverlap(f"call {name} in an index")
+    raise _NoOverlap(f"{t} in an index")
+
+
+def _src(load):
+    """The buffer a load reads (0.27's TensorLoad calls it ``source``)."""
+    b = getattr(load, "buffer", None)
+    return b if b is not None else load.source
+
+
+_LEAF_EXPRS = ("IntImm", "FloatImm", "StringImm", "Var", "SizeVar")
+_BINARY_EXPRS = ("Add", "Sub", "Mul", "Div", "Mod", "FloorDiv", "FloorMod", "Min", "Max", "EQ", "NE",
+                 "LT", "LE", "GT", "GE", "And", "Or", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+                 "LShift", "RShift")
+
+
+def _loads(e, out):
+    """Every load inside expression ``e``; an expression kind not listed here means no overlap."""
+    t = type(e).__name__
+    if t in ("BufferLoad", "TensorLoad"):
+        out.append(e)
+        for i in e.indices:
+            _loads(i, out)
+    elif t in _LEAF_EXPRS:
+        pass
+    elif t in _BINARY_EXPRS:
+        _loads(e.a, out)
+        _loads(e.b, out)
+    elif t in ("Not", "BitwiseNot"):
+        _loads(e.a, out)
+    elif t == "Cast":
+        _loads(e.value, out)
+    elif t == "Select":
+        for c in (e.condition, e.true_value, e.false_value):
+            _loads(c, out)
+    elif t == "Call":
+        for a in e.args:
+            _loads(a, out)
+    else:
+        raise _NoOverlap(f"expression {t}")
+    return out
+
+
+def _btype(buf):
+    """(shape, dtype) of a TIR buffer (0.27: buffers are Vars typed by a BufferType)."""
+    ty = getattr(buf, "ty", None)
+    src = ty if ty is not None and hasattr(ty, "shape") else buf
+    return [int(d) for d in src.shape], str(src.dtype)
+
+
+def _flat(buf, idx_vals):
+    shape = _btype(buf)[0]
+    flat = np.int64(0)
+    for d, v in zip(shape, idx_vals):
+        flat = flat * d + v
+    return flat, int(np.prod(shape, dtype=np.int64))
+
+
+def _duration(stmt) -> int:
+    t = type(stmt).__name__
+    if t == "For":
+        return int(stmt.extent) * _duration(stmt.body)
+    if t == "SeqStmt":
+        return sum(_duration(c) for c in stmt.seq)
+    if t == "SBlockRealize":
+        blk = stmt.block
+        inner = type(blk.body).__name__
+        if inner == "Evaluate":
+            raise _NoOverlap("opaque block")
+        return 1 if inner == "BufferStore" else _duration(blk.body)
+    if t in ("AllocBuffer", "AttrStmt"):
+        return _duration(stmt.body) if getattr(stmt, "body", None) is not None else 0
+    if t == "BufferStore":
+        return 1
+    if t == "Evaluate" and type(stmt.value).__name__ == "IntImm":
+        return 0
+    raise _NoOverlap(f"statement {t}")
+
+
+def _access_times(func, in_buf, out_buf):
+    """(last read time per input element, first write time per output element) of ``func``."""
+    _, n_in = _flat(in_buf, [])
+    _, n_out = _flat(out_buf, [])
+    last_read = np.full(n_in, -1, np.int64)
+    first_write = np.full(n_out, np.iinfo(np.int64).max, np.int64)
+
+    def leaf(stores, loops, base, env):
+        # loops: [(var, min, extent, stride)]; broadcast grids, one axis per loop
+        n = len(loops)
+        points = int(np.prod([ext for _, _, ext, _ in loops], dtype=np.int64)) if loops else 1
+        if points > OVERLAP_MAX_POINTS:
+            raise _NoOverlap("iteration space too large to check")
+        env = dict(env)
+        time = np.int64(base)
+        for k, (var, lo, ext, stride) in enumerate(loops):
+            shape = [1] * n
+            shape[k] = ext
+            v = (np.arange(ext, dtype=np.int64) + lo).reshape(shape)
+            env[var] = v
+            time = time + (v - lo) * stride
+        time = np.broadcast_to(time, [ext for _, _, ext, _ in loops]) if loops else np.array(time)
+        for store, when in stores:
+            tv = time * 2 + when  # an init (when = -1) runs before the body of the same instance
+            # (reads of the output itself, as an accumulator, do not matter)
+            for ld in _loads(store.value, []) + [x for i in store.indices for x in _loads(i, [])]:
+                if _src(ld).same_as(in_buf):
+                    flat, size = _flat(in_buf, [_np_eval(i, env) for i in ld.indices])
+                    flat = np.broadcast_to(flat, tv.shape).ravel()
+                    ok = (flat >= 0) & (flat < size)
+                    np.maximum.at(last_read, flat[ok], tv.ravel()[ok])
+            if store.buffer.same_as(in_buf):
+                raise _NoOverlap("the kernel writes its input")
+            if store.buffer.same_as(out_buf):
+                flat, size = _flat(out_buf, [_np_eval(i, env) for i in store.indices])
+                flat = np.broadcast_to(flat, tv.shape).ravel()
+                ok = (flat >= 0) & (flat < size)
+                np.minimum.at(first_write, flat[ok], tv.ravel()[ok])
+
+    def walk(stmt, loops, base, env):
+        t = type(stmt).__name__
+        if t == "For":
+            if int(stmt.kind) not in (0, 3):  # serial or unrolled: the C runs it in order
+                raise _NoOverlap(f"{stmt.kind} loop")
+            body_d = _duration(stmt.body)
+            walk(stmt.body, loops + [(stmt.loop_var, int(stmt.min), int(stmt.extent), body_d)], base, env)
+        elif t == "SeqStmt":
+            off = base
+            for c in stmt.seq:
+                walk(c, loops, off, env)
+                off += _duration(c)
+        elif t == "SBlockRealize":
+            blk = stmt.block
+            if len(blk.match_buffers):  # a region of a parameter under another name
+                raise _NoOverlap("match_buffer")
+            if type(blk.body).__name__ in ("BufferStore", "Evaluate"):
+                # bind block iter vars to their values over the enclosing loops' grid
+                env2 = dict(env)
+                n = len(loops)
+                grid_env = dict(env)
+                for k, (var, lo, ext, _) in enumerate(loops):
+                    shape = [1] * n
+                    shape[k] = ext
+                    grid_env[var] = (np.arange(ext, dtype=np.int64) + lo).reshape(shape)
+                for iv, val in zip(blk.iter_vars, stmt.iter_values):
+                    env2[iv.var] = _np_eval(val, grid_env)
+                env2.update({var: grid_env[var] for var, _, _, _ in loops})
+                stores = []
+                if blk.init is not None:
+                    if type(blk.init).__name__ != "BufferStore":
+                        raise _NoOverlap("block init is not a store")
+                    stores.append((blk.init, -1))
+                if type(blk.body).__name__ == "BufferStore":
+                    stores.append((blk.body, 0))
+                else:
+                    raise _NoOverlap("block body is not a store")
+                leaf(stores, loops, base, env2)
+            elif blk.init is not None:
+                raise _NoOverlap("init of a block with loops inside")
+            else:
+                walk(blk.body, loops, base, env)
+        elif t in ("AllocBuffer", "AttrStmt"):  # (a DeclBuffer could alias a parameter: give up)
+            if getattr(stmt, "body", None) is not None:
+                walk(stmt.body, loops, base, env)
+        elif t == "BufferStore":
+            leaf([(stmt, 0)], loops, base, env)
+        elif t == "Evaluate" and type(stmt.value).__name__ == "IntImm":
+            return
+        else:  # extern calls (which may write through pointers), conditionals, lets, ...
+            raise _NoOverlap(f"statement {t}")
+
+    walk(func.body, [], 0, {})
+    return last_read, first_write
+
+
+def _overlap_limit(func, in_idx: int, out_idx: int):
+    """d_max in bytes (see the section comment), or None when the output may not overlap."""
+    try:
+        params = list(func.params)
+        in_buf, out_buf = params[in_idx], params[out_idx]
+        lr, fw = _access_times(func, in_buf, out_buf)
+    except _NoOverlap:
+        return None
+    except Exception:  # noqa: BLE001 -- an optimisation: anything unexpected means no overlap
+        return None
+    isz = max(1, int(np.dtype(_btype(in_buf)[1]).itemsize))
+    osz = max(1, int(np.dtype(_btype(out_buf)[1]).itemsize))
+    lr_bytes = np.repeat(lr, isz)
+    pm = np.maximum.accumulate(lr_bytes) if lr_bytes.size else lr_bytes
+    n_in = lr_bytes.size
+    a = np.searchsorted(pm, fw, side="right")  # first input byte that may still be read after j's write
+    j = np.arange(fw.size, dtype=np.int64)
+    bound = a - (j + 1) * osz
+    bound = bound[a < n_in]  # elements with no later-read byte above them constrain nothing
+    return int(bound.min()) if bound.size else int(n_in)
+
+
+# --------------------------------------------------------------------------------------------------
 # Arena planning: greedy by size over lifetime intervals (best-fit gap), like TFLite Micro's planner
 # --------------------------------------------------------------------------------------------------
-def plan_arena(bufs: list[dict], align: int = ALIGN) -> dict:
+def plan_arena(bufs: list[dict], align: int = ALIGN, overlaps: list | None = None) -> dict:
     """``bufs``: [{"name", "size", "start", "end"}] with inclusive live intervals [start, end] in
-    step units. Returns {"buffers": [... + "offset"], "peak": bytes, "lower_bound": bytes,
-    "no_reuse": bytes}. Two buffers whose intervals intersect never share bytes."""
+    step units. ``overlaps``: [{"out", "in", "d_max"}]: buffer ``out`` may share bytes with ``in``
+    (a kernel writing its output over an input it finishes reading, see :func:`_overlap_limit`)
+    when offset(out) − offset(in) ≤ d_max. Greedy by size; each buffer goes to the valid offset with
+    the lowest end. Returns {"buffers": [... + "offset"], "peak": bytes, "lower_bound": bytes (the
+    most bytes live at one step, i.e. the best plan without overlaps), "no_reuse": bytes,
+    "overlaps": the allowances used}. Two buffers live at the same step never share bytes unless
+    an allowance permits it."""
+    allow = {}
+    for o in overlaps or []:
+        key = (o["out"], o["in"])
+        allow[key] = min(allow.get(key, o["d_max"]), o["d_max"])
+    def ok(b, off, p):
+        if not (p["start"] <= b["end"] and b["start"] <= p["end"]):
+            return True
+        if off + b["size"] <= p["offset"] or p["offset"] + p["size"] <= off:
+            return True
+        d = allow.get((b["name"], p["name"]))
+        if d is not None and off - p["offset"] <= d:
+            return True
+        d = allow.get((p["name"], b["name"]))
+        return d is not None and p["offset"] - off <= d
+
+    orders = {
+        "size": lambda b: (-b["size"], b["start"], b["name"]),
+        "start": lambda b: (b["start"], -b["size"], b["name"]),
+        "end-desc": lambda b: (-b["end"], -b["size"], b["name"]),
+    }
+    if allow:  # overlaps make the order matter more: also a few seeded perturbations of by-size
+        rng = np.random.default_rng(0)
+        for k in range(PLAN_TRIES):
+            w = {b["name"]: float(rng.uniform(0.25, 1.75)) for b in bufs}
+            orders[f"perturbed size #{k}"] = lambda b, w=w: (-b["size"] * w[b["name"]], b["start"], b["name"])
+    best_plan = None
+    for oname, key in orders.items():
+        placed = _place(sorted(bufs, key=key), align, allow, ok)
+        peak = max((_align(p["offset"] + p["size"], align) for p in placed), default=0)
+        if best_plan is None or peak < best_plan[0]:
+            best_plan = (peak, placed, oname)
+        if not allow:
+            break
+    peak, placed, oname = best_plan
+    return _plan_result(bufs, placed, peak, align, overlaps, oname)
+
+
+def _place(order, align, allow, ok):
     placed = []
-    order = sorted(bufs, key=lambda b: (-b["size"], b["start"], b["name"]))
     for b in order:
         size = _align(b["size"], align)
-        conflicts = sorted((p for p in placed if p["start"] <= b["end"] and b["start"] <= p["end"]),
-                           key=lambda p: p["offset"])
-        best, best_gap, cur = None, None, 0
-        for p in conflicts:
-            gap = p["offset"] - cur
-            if gap >= size and (best_gap is None or gap < best_gap):
-                best, best_gap = cur, gap
-            cur = max(cur, _align(p["offset"] + p["size"], align))
-        offset = best if best is not None else cur
-        placed.append(dict(b, offset=offset))
-    peak = max((_align(p["offset"] + p["size"], align) for p in placed), default=0)
+        live = [p for p in placed if p["start"] <= b["end"] and b["start"] <= p["end"]]
+        cands = {0}
+        for p in live:
+            cands.add(_align(p["offset"] + p["size"], align))
+            d = allow.get((b["name"], p["name"]))  # b writes over p
+            if d is not None and p["offset"] + d >= 0:
+                cands.add((p["offset"] + d) // align * align)
+            d = allow.get((p["name"], b["name"]))  # p writes over b
+            if d is not None:
+                cands.add(_align(max(p["offset"] - d, 0), align))
+        best = None
+        for off in sorted(cands):
+            if all(ok(b, off, p) for p in live):
+                key = (off + size, off)
+                if best is None or key < best:
+                    best = key
+        placed.append(dict(b, offset=best[1]))
+    return placed
+
+
+def _plan_result(bufs, placed, peak, align, overlaps, oname):
     steps = sorted({t for b in bufs for t in (b["start"], b["end"])})
     lower = 0
     for t in steps:
         lower = max(lower, sum(_align(b["size"], align) for b in bufs if b["start"] <= t <= b["end"]))
     placed.sort(key=lambda p: (p["offset"], p["start"]))
+    offs = {p["name"]: p["offset"] for p in placed}
+    used = [dict(o, d=offs[o["out"]] - offs[o["in"]]) for o in overlaps or []
+            if o["out"] in offs and o["in"] in offs
+            and offs[o["out"]] < offs[o["in"]] + next(p["size"] for p in placed if p["name"] == o["in"])
+            and offs[o["in"]] < offs[o["out"]] + next(p["size"] for p in placed if p["name"] == o["out"])]
     return {"buffers": placed, "peak": peak, "lower_bound": lower,
-            "no_reuse": sum(_align(b["size"], align) for b in bufs), "algorithm": "greedy-by-size, best-fit gap"}
+            "no_reuse": sum(_align(b["size"], align) for b in bufs),
+            "algorithm": f"greedy (best of several orders; this one by {oname}), lowest valid end; "
+                         "in-place overlap of a kernel's output with an input it finishes reading where "
+                         "its access order allows",
+            "overlaps": used}
 
 
 def check_plan(plan: dict) -> None:
-    """Raise SqccError if two buffers that are live at the same step overlap in the arena, or if a
-    buffer lies outside [0, peak)."""
+    """Raise SqccError if two buffers that are live at the same step overlap in the arena (other
+    than as the plan's ``overlaps`` allow), or if a buffer lies outside [0, peak)."""
     bs = plan["buffers"]
+    allow = {(o["out"], o["in"]): o["d_max"] for o in plan.get("overlaps", [])}
     for b in bs:
         if b["offset"] < 0 or b["offset"] + b["size"] > plan["peak"]:
             raise SqccError(f"arena plan: buffer {b['name']} [{b['offset']}, {b['offset'] + b['size']}) "
@@ -467,6 +840,12 @@ def check_plan(plan: dict) -> None:
             live = a["start"] <= b["end"] and b["start"] <= a["end"]
             mem = a["offset"] < b["offset"] + b["size"] and b["offset"] < a["offset"] + a["size"]
             if live and mem:
+                d = allow.get((a["name"], b["name"]))
+                if d is not None and a["offset"] - b["offset"] <= d:
+                    continue
+                d = allow.get((b["name"], a["name"]))
+                if d is not None and b["offset"] - a["offset"] <= d:
+                    continue
                 raise SqccError(f"arena plan: {a['name']} and {b['name']} are live together "
                                 f"(steps {max(a['start'], b['start'])}..{min(a['end'], b['end'])}) "
                                 "and overlap")
@@ -763,7 +1142,9 @@ OPT_FLAGS = ["-O2", "-funroll-loops"]  # unrolling the small conv/pool loops: ~3
 
 
 def _flags(p: dict):
-    cflags = p["cflags"] + OPT_FLAGS + ["-std=gnu11", "-ffunction-sections", "-fdata-sections",
+    # -fno-strict-aliasing: a kernel may write its output over an input it has finished reading
+    # (arena overlap); the compiler must not move a load of one type past a store of another.
+    cflags = p["cflags"] + OPT_FLAGS + ["-fno-strict-aliasing", "-std=gnu11", "-ffunction-sections", "-fdata-sections",
                             "-fno-common", "-Wall", "-Wno-unused-variable", "-Wno-unused-but-set-variable",
                             "-Iinclude", "-I.", f"-DCALIB_ITERS={CALIB_ITERS}u"]
     ldflags = p["cflags"] + ["-T", "link.ld", "-nostartfiles", "--specs=nano.specs",
@@ -883,20 +1264,34 @@ def _write_json(path: str, obj):
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
-def compile_micro(mod, inputs, outputs, preset: str, out_dir: str, *, stack_bytes: int = DEFAULT_STACK,
-                  schedule: bool = True, measure: bool = True) -> dict:
+def compile_micro(mod, inputs, outputs, preset: str, out_dir: str, *, stack_bytes: int | None = None,
+                  schedule: bool = True, measure: bool = True, overlap: bool = True) -> dict:
     """Compile a Relax module for a Cortex-M preset into ``out_dir`` (sources, Makefile, model.elf,
     micro.json). Returns the figures written to ``out_dir/micro.json``.
 
     ``inputs``/``outputs``: TensorSpec-like objects or dicts (name, shape, dtype), in the order of
     main's parameters / results. ``preset``: ``cortex-m4`` | ``cortex-m7`` | ``cortex-m55`` (a
     ``micro:`` prefix is accepted). ``schedule``: sqcc's inline schedule (less workspace, faster).
-    ``measure``: run once under qemu for the instruction count and the stack high-water mark."""
+    ``measure``: run once under qemu for the instruction count and the stack high-water mark.
+    ``overlap``: let a kernel's output share arena bytes with an input it finishes reading, where
+    its access order (checked on its TIR) allows. ``stack_bytes``: the stack to reserve; None (default): link with 16 KiB, measure the high-water
+    mark under qemu, relink with that + 512 B (rounded up to 256 B) and check the run is unchanged."""
     t0 = time.time()
     p = get_preset(preset)
     tools = check_toolchain(p, need_qemu=measure)
+    auto_stack = stack_bytes is None
+    if auto_stack:
+        stack_bytes = DEFAULT_STACK  # first link; shrunk to the measured high-water mark + margin
 
-    lowered = _relax_lower(mod)
+    try:
+        lowered = _relax_lower(mod)
+    except SqccError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a TVM failure on a valid model is sqcc's gap: say where
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        raise SqccError(f"micro: lowering the model with TVM (legalize, fuse) failed: "
+                        f"{lines[-1][:300] if lines else type(e).__name__}; this is a gap in sqcc's "
+                        "micro target, please report it") from e
     g = _build_graph(lowered)
     in_specs, out_specs = _spec_list(inputs), _spec_list(outputs)
     if len(in_specs) != len(g.inputs) or len(out_specs) != len(g.outputs):
@@ -907,7 +1302,7 @@ def compile_micro(mod, inputs, outputs, preset: str, out_dir: str, *, stack_byte
         if tuple(spec["shape"]) != tuple(b.shape) or spec["dtype"] != b.dtype:
             raise SqccError(f"micro: input '{spec['name']}' is {spec['shape']} {spec['dtype']} but the "
                             f"module's is {list(b.shape)} {b.dtype}")
-    src, ws = _build_kernels(lowered, schedule=schedule)
+    src, ws, kfuncs = _build_kernels(lowered, schedule=schedule)
     t_tvm = time.time() - t0
 
     # weights: one blob, 16-byte aligned entries
@@ -928,7 +1323,9 @@ def compile_micro(mod, inputs, outputs, preset: str, out_dir: str, *, stack_byte
         if s.workspace:
             s.ws_buf = f"ws{i}_{s.kernel}"
             items.append({"name": s.ws_buf, "kind": "workspace", "size": s.workspace, "start": i, "end": i})
-    plan = plan_arena(items)
+    # overlaps need the kernels' sequential order: no `restrict` pointers in the generated C
+    overlap = overlap and not re.search(r"\brestrict\b|__restrict", src)
+    plan = plan_arena(items, overlaps=_overlap_allowances(g, kfuncs) if overlap else None)
     check_plan(plan)
     plan_off = {b["name"]: b["offset"] for b in plan["buffers"]}
     arena = plan["peak"]
@@ -996,42 +1393,20 @@ def compile_micro(mod, inputs, outputs, preset: str, out_dir: str, *, stack_byte
             out, _ = pr.communicate(timeout=1800)
             if pr.returncode != 0:
                 raise SqccError(f"micro: arm-none-eabi-gcc failed on {s}: {_first_error(out)}")
-        r = _run([tools["gcc"], *ldflags, *objs, "-Wl,--start-group", *libs, "-Wl,--end-group",
-                  "-o", "model.elf"], tmp, "link")
-        if r.returncode != 0:
-            over = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", r.stderr)
-            if over:
-                msg = "; ".join(f"{'flash' if reg in ('FLASH', 'VECT') else 'RAM'} over by {int(n)} B "
-                                f"({int(n) / MiB:.2f} MiB)" for reg, n in over)
-                raise SqccError(f"model too big for {p['name']} ({p['board']}): {msg}")
-            raise SqccError(f"micro: link failed: {_first_error(r.stderr)}")
+        secs = _link(tools, p, tmp, objs)
         t_gcc = time.time() - t1
-        nm = subprocess.run([tools["gcc"].replace("gcc", "nm"), "model.elf"], cwd=tmp, capture_output=True,
-                            text=True).stdout if shutil.which(tools["gcc"].replace("gcc", "nm")) else ""
-        heap_syms = sorted({m for m in re.findall(r"\b(malloc|_malloc_r|_sbrk|_sbrk_r|calloc|free)\b", nm)})
-        if heap_syms:
-            raise SqccError(f"micro: the ELF links heap functions ({', '.join(heap_syms)}); "
-                            "the micro target must not use a heap")
-        secs = _section_sizes(tools["size"], os.path.join(tmp, "model.elf"))
-        flash_secs = [".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx", ".data"]
-        ram_secs = [".data", ".bss", ".sqcc_arena", ".stack"]
         fig = {
             "preset": p["name"], "cpu": p["cpu"], "board": p["board"], "qemu_machine": p["machine"],
             "cflags": p["cflags"],
             "inputs": in_specs, "outputs": out_specs,
-            "flash_bytes": sum(secs.get(s, 0) for s in flash_secs),
-            "flash_text_bytes": secs.get(".text", 0) + secs.get(".vectors", 0),
-            "flash_rodata_bytes": secs.get(".rodata", 0),
             "weights_bytes": weights_bytes,
             "flash_capacity": p["flash"]["size"],
-            "ram_bytes": sum(secs.get(s, 0) for s in ram_secs),
             "ram_capacity": p["ram"]["size"],
             "arena_bytes": arena,
             "arena_lower_bound": plan["lower_bound"],
             "arena_no_reuse": plan["no_reuse"],
-            "stack_reserved": stack_bytes,
-            "data_bss_bytes": secs.get(".data", 0) + secs.get(".bss", 0),
-            "sections": secs,
+            "arena_peak": _arena_peak(plan, g),
+            "stack_policy": "auto: measured high-water mark + margin" if auto_stack and measure else "fixed",
             "kernels": len({s.kernel for s in g.steps}),
             "steps": [{"kernel": s.kernel, "args": s.args, "workspace": s.workspace} for s in g.steps],
             "plan": plan,
@@ -1042,12 +1417,31 @@ def compile_micro(mod, inputs, outputs, preset: str, out_dir: str, *, stack_byte
                            "(SysTick ticks of virtual time, calibrated with a 2,000,000-instruction loop); "
                            "QEMU is not cycle-accurate",
         }
+        fig.update(_size_fields(secs, stack_bytes))
         _write_json(os.path.join(tmp, "micro.json"), fig)
         if measure:
             res = _qemu_run(tmp, p, os.path.join(tmp, "bench_input.bin"), keep_output=False)
+            wall = res["wall_s"]
+            if auto_stack:
+                # The generated code's stack use does not depend on the input (no recursion, no
+                # VLAs, fixed-size kernel locals), so the measured high-water mark is the model's;
+                # the margin covers an exception frame (SysTick, with FP context) and the harness.
+                tight = _align(res["stack_used"] + STACK_MARGIN, 256)
+                if tight < stack_bytes:
+                    with open(os.path.join(tmp, "link.ld"), "w") as f:
+                        f.write(_gen_linker(p, tight))
+                    secs = _link(tools, p, tmp, objs)
+                    res2 = _qemu_run(tmp, p, os.path.join(tmp, "bench_input.bin"), keep_output=False)
+                    if res2["instructions"] != res["instructions"] or res2["stack_used"] > tight - 256:
+                        raise SqccError(f"micro: relinking with a {tight} B stack changed the run "
+                                        f"({res['instructions']} vs {res2['instructions']} instructions, "
+                                        f"stack {res['stack_used']} vs {res2['stack_used']} B)")
+                    res, stack_bytes = res2, tight
+                    wall += res2["wall_s"]
+                    fig.update(_size_fields(secs, stack_bytes))
             fig.update(_bench_fields(res))
-            fig["ram_used_bytes"] = fig["data_bss_bytes"] + arena + res["stack_used"]
-            fig["time_s"]["qemu"] = res["wall_s"]
+            fig.update(_ram_fields(fig, res["stack_used"]))
+            fig["time_s"]["qemu"] = round(wall, 2)
             _write_json(os.path.join(tmp, "micro.json"), fig)
         _atomic_replace(tmp, out_dir)
         tmp = None
@@ -1055,6 +1449,136 @@ def compile_micro(mod, inputs, outputs, preset: str, out_dir: str, *, stack_byte
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return fig
+
+
+def _link(tools: dict, p: dict, tmp: str, objs: list) -> dict:
+    """Link model.elf in ``tmp`` (link.ld as written); check it has no heap; its section sizes."""
+    _, ldflags, libs = _flags(p)
+    r = _run([tools["gcc"], *ldflags, *objs, "-Wl,--start-group", *libs, "-Wl,--end-group",
+              "-o", "model.elf"], tmp, "link")
+    if r.returncode != 0:
+        over = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", r.stderr)
+        if over:
+            msg = "; ".join(f"{'flash' if reg in ('FLASH', 'VECT') else 'RAM'} over by {int(n)} B "
+                            f"({int(n) / MiB:.2f} MiB)" for reg, n in over)
+            raise SqccError(f"model too big for {p['name']} ({p['board']}): {msg}")
+        raise SqccError(f"micro: link failed: {_first_error(r.stderr)}")
+    nm_tool = tools["gcc"][: -len("gcc")] + "nm"
+    nm = subprocess.run([nm_tool, "model.elf"], cwd=tmp, capture_output=True, text=True).stdout \
+        if os.path.exists(nm_tool) or shutil.which(nm_tool) else ""
+    heap_syms = sorted({m for m in re.findall(r"\b(malloc|_malloc_r|_sbrk|_sbrk_r|calloc|free)\b", nm)})
+    if heap_syms:
+        raise SqccError(f"micro: the ELF links heap functions ({', '.join(heap_syms)}); "
+                        "the micro target must not use a heap")
+    return _section_sizes(tools["size"], os.path.join(tmp, "model.elf"))
+
+
+FLASH_SECTIONS = [".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx", ".data"]
+RAM_SECTIONS = [".data", ".bss", ".sqcc_arena", ".stack"]
+
+
+def _size_fields(secs: dict, stack_bytes: int) -> dict:
+    return {
+        "flash_bytes": sum(secs.get(s, 0) for s in FLASH_SECTIONS),
+        "flash_text_bytes": secs.get(".text", 0) + secs.get(".vectors", 0),
+        "flash_rodata_bytes": secs.get(".rodata", 0),
+        # RAM the ELF reserves: .data + .bss + the arena + the stack (all statically placed)
+        "ram_bytes": sum(secs.get(s, 0) for s in RAM_SECTIONS),
+        "stack_reserved": stack_bytes,
+        "data_bss_bytes": secs.get(".data", 0) + secs.get(".bss", 0),
+        "sections": secs,
+    }
+
+
+def _arena_peak(plan: dict, g: Graph) -> dict:
+    """What is in the arena at its fullest step: the live buffers there (inputs, activations,
+    outputs, kernel workspaces), with their shapes and dtypes."""
+    bs = plan["buffers"]
+    steps = sorted({t for b in bs for t in (b["start"], b["end"])})
+    best, best_t = -1, None
+    for t in steps:  # the step whose live buffers cover the most arena bytes (overlaps counted once)
+        iv = sorted((b["offset"], b["offset"] + b["size"]) for b in bs if b["start"] <= t <= b["end"])
+        tot, hi = 0, 0
+        for lo, up in iv:
+            tot += max(0, up - max(lo, hi))
+            hi = max(hi, up)
+        if tot > best:
+            best, best_t = tot, t
+    live = sorted((b for b in bs if b["start"] <= best_t <= b["end"]), key=lambda b: b["offset"])
+    kinds: dict = {}
+    for b in bs:
+        kinds[b["kind"]] = kinds.get(b["kind"], 0) + 1
+    by_kind = {}
+    for b in live:
+        by_kind[b["kind"]] = by_kind.get(b["kind"], 0) + b["size"]
+    kernel = g.steps[best_t].kernel if best_t is not None and 0 <= best_t < len(g.steps) else None
+    names = {b["name"] for b in live}
+    inplace = [o for o in plan.get("overlaps", []) if o["out"] in names and o["in"] in names]
+    return {
+        "step": best_t, "kernel": kernel, "occupied_bytes": max(best, 0), "live_bytes_by_kind": by_kind,
+        "in_place": inplace,
+        "live": [{"name": b["name"], "kind": b["kind"], "bytes": b["size"], "offset": b["offset"],
+                  "shape": list(g.bufs[b["name"]].shape) if b["name"] in g.bufs else None,
+                  "dtype": g.bufs[b["name"]].dtype if b["name"] in g.bufs else None} for b in live],
+        "workspace_bytes_max": max((b["size"] for b in bs if b["kind"] == "workspace"), default=0),
+        "dtypes": sorted({g.bufs[b["name"]].dtype for b in bs if b["name"] in g.bufs}),
+        "max_bytes_by_dtype": {dt: max(b["size"] for b in bs if b["name"] in g.bufs
+                                       and g.bufs[b["name"]].dtype == dt)
+                               for dt in sorted({g.bufs[b["name"]].dtype for b in bs if b["name"] in g.bufs})},
+        "buffers_by_kind": kinds,
+    }
+
+
+def _ram_fields(fig: dict, stack_used: int) -> dict:
+    """RAM in use = .data + .bss + arena (inputs, outputs, activations, workspaces) + stack used."""
+    used = fig["data_bss_bytes"] + fig["arena_bytes"] + stack_used
+    pk = fig.get("arena_peak") or {}
+    live = ", ".join(f"{b['name']} {'×'.join(map(str, b['shape'] or []))} {b['dtype']} {b['bytes']:,} B"
+                     for b in pk.get("live", []))
+    ip = "".join(f"; {o['out']} written over {o['in']} in place" for o in pk.get("in_place", []))
+    if pk.get("live"):
+        live += f"{ip}: {pk.get('occupied_bytes', 0):,} B"
+    text = (f"{used:,} B used = arena {fig['arena_bytes']:,} B (peak at step {pk.get('step')}: {live}) "
+            f"+ stack {stack_used:,} B (of {fig['stack_reserved']:,} B reserved) + .data/.bss "
+            f"{fig['data_bss_bytes']:,} B; reserved by the ELF: {fig['ram_bytes']:,} B")
+    return {"ram_used_bytes": used, "ram_breakdown": {
+        "arena": fig["arena_bytes"], "stack_used": stack_used, "stack_reserved": fig["stack_reserved"],
+        "data_bss": fig["data_bss_bytes"], "total_used": used, "total_reserved": fig["ram_bytes"],
+        "text": text}}
+
+
+def _overlap_allowances(g: Graph, kfuncs: dict) -> list:
+    """[{"out", "in", "d_max", "step"}] for every step whose single output may be written over an
+    arena input that dies at that step (views resolve to the buffer they reinterpret)."""
+    out, cache = [], {}
+    for i, s in enumerate(g.steps):
+        if s.n_out != 1:
+            continue
+        o = s.args[-1]
+        ob = g.bufs[o]
+        if ob.kind not in ("act", "output") or ob.start != i:
+            continue
+        n_in = len(s.args) - 1
+        for j, a in enumerate(s.args[:n_in]):
+            ab = g.bufs[a]
+            root = ab.base or a
+            rb = g.bufs[root]
+            if rb.kind not in ("input", "act") or rb.end != i or ab.nbytes != rb.nbytes:
+                continue
+            idxs = [k for k, x in enumerate(s.args[:n_in]) if (g.bufs[x].base or x) == root]
+            f = kfuncs.get(s.kernel)
+            if f is None:
+                continue
+            lims = []
+            for k in idxs:
+                key = (s.kernel, k)
+                if key not in cache:
+                    cache[key] = _overlap_limit(f, k, len(s.args) - 1)
+                lims.append(cache[key])
+            if any(d is None for d in lims) or any(x["in"] == root and x["out"] == o for x in out):
+                continue
+            out.append({"out": o, "in": root, "d_max": int(min(lims)), "step": i})
+    return out
 
 
 def _bench_fields(res: dict) -> dict:
@@ -1146,12 +1670,56 @@ def bench_micro(out_dir: str) -> dict:
     p = get_preset(meta["preset"])
     res = _qemu_run(out_dir, p, os.path.join(out_dir, "bench_input.bin"), keep_output=False)
     keys = ["preset", "cpu", "board", "qemu_machine", "flash_bytes", "flash_capacity", "weights_bytes",
-            "ram_bytes", "ram_capacity", "arena_bytes", "stack_reserved", "data_bss_bytes", "cost_metric"]
+            "flash_text_bytes", "ram_bytes", "ram_capacity", "arena_bytes", "stack_reserved",
+            "data_bss_bytes", "cost_metric"]
     out = {k: meta[k] for k in keys if k in meta}
     out.update(_bench_fields(res))
-    out["ram_used_bytes"] = meta["data_bss_bytes"] + meta["arena_bytes"] + res["stack_used"]
+    ram = _ram_fields(meta, res["stack_used"])
+    out["ram_used_bytes"] = ram["ram_used_bytes"]
+    out["ram_breakdown"] = ram["ram_breakdown"]["text"]
+    pk = meta.get("arena_peak") or {}
+    if pk:
+        out["arena_dtypes"] = ", ".join(pk.get("dtypes", []))
+        out["workspace_bytes_max"] = pk.get("workspace_bytes_max", 0)
     out["qemu_wall_s"] = res["wall_s"]
     return out
+
+
+class IntegerReference:
+    """LiteRT with its builtin reference int8 kernels (``OpResolverType.BUILTIN_REF``, no XNNPACK):
+    TFLite's integer fixed-point requantisation, which TFLite Micro computes and which a micro build
+    of an int8 TFLite model reproduces. LiteRT's default path (XNNPACK) requantises in fp32 and can
+    differ from it by a few output steps."""
+
+    name = "LiteRT builtin int8 reference kernels (TFLite Micro's integer arithmetic)"
+
+    def __init__(self, content: bytes):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        self.interp = Interpreter(model_content=content,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        self.interp.allocate_tensors()
+        self.inputs = [d["index"] for d in self.interp.get_input_details()]
+        self.outputs = [d["index"] for d in self.interp.get_output_details()]
+
+    def run(self, *xs) -> list:
+        for i, x in zip(self.inputs, xs):
+            self.interp.set_tensor(i, np.ascontiguousarray(x))
+        self.interp.invoke()
+        return [np.array(self.interp.get_tensor(o)) for o in self.outputs]
+
+
+def integer_reference(pkg):
+    """An :class:`IntegerReference` for a micro package of an int8 TFLite model, else None."""
+    model = (getattr(pkg, "manifest", None) or {}).get("model", {})
+    if model.get("format") != "tflite" or not (pkg.manifest.get("quant") or {}) or pkg.source is None:
+        return None
+    try:
+        from sqcc.tflite_frontend import normalize_tflite
+
+        return IntegerReference(normalize_tflite(pkg.source))
+    except Exception:  # noqa: BLE001 -- an extra check only (LiteRT missing or refusing the file)
+        return None
 
 
 def spec(preset: str | None = None):
