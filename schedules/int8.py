@@ -16,9 +16,13 @@ Dispatch (:func:`schedule_int8`, called first by :func:`sqcc.schedules.apply.sch
   most 2·255·128 < 2³¹. (``vpmaddubsw``, which ORT's AVX2 path uses, adds u8·s8 pairs into a
   saturating int16 -- 255·127·2 > 32767 -- so it is only exact with 7-bit weights; we keep 8 bits.)
   Needs C % 2 == 0 and O % 8 == 0;
+* **AArch64** ``+dotprod`` (Neoverse N1/Graviton2, Cortex-A55/A76 and later): ``sdot`` --
+  4 output channels × 4 input channels per instruction -- for int8 activations (int8 TFLite models);
+  ``+i8mm`` (Graviton3, Cortex-A710 and later): ``usdot`` for the uint8 post-ReLU activations sqcc's
+  int8 pass emits. Needs C % 4 == 0 and O % 4 == 0;
 * anything else returns None and the generic multiply-accumulate rule (:mod:`.conv2d`) schedules
-  the int32 reduction portably (LLVM vectorises it for NEON, ...). ARM ``sdot`` is not implemented
-  yet: it multiplies int8×int8 while the pass emits uint8 post-ReLU activations.
+  the int32 reduction portably (LLVM vectorises it for NEON without dot-product instructions, e.g.
+  Cortex-A72 of the Raspberry Pi 4).
 
 The kernel: weights are re-laid out as ``[ry, rx, C/k, O/L, L, k]`` (one ``vpdpbusd`` operand of
 L=16 × k=4 bytes, or one ``vpmaddwd`` operand of L=8 × k=2, per (ry, rx, c-block, o-block)) by a
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 VNNI_INTRIN = "sqcc_dot_16x4_vnni"
 ISA_ATTR = "sqcc.int8_isa"
 AVX2_INTRIN = {"uint8": "sqcc_dot_8x2_avx2_u8", "int8": "sqcc_dot_8x2_avx2_s8"}
+ARM_INTRIN = {"uint8": "sqcc_dot_4x4_usdot", "int8": "sqcc_dot_4x4_sdot"}
 _registered = False
 
 
@@ -101,11 +106,47 @@ def _register_intrinsics():
     except Exception:  # already registered (module reloaded)
         pass
     for adt in ("uint8", "int8"):
-        try:
-            TensorIntrin.register(AVX2_INTRIN[adt], *_avx2_dot_8x2(adt))
-        except Exception:  # already registered
-            pass
+        for name, make in ((AVX2_INTRIN[adt], _avx2_dot_8x2), (ARM_INTRIN[adt], _arm_dot_4x4)):
+            try:
+                TensorIntrin.register(name, *make(adt))
+            except Exception:  # already registered
+                pass
     _registered = True
+
+
+def _arm_dot_4x4(adt: str):
+    """(desc, impl) of C[0:4] += Σ_k A[k]·B[0:4, k], k < 4: ``sdot`` (int8 A) or ``usdot`` (uint8 A)."""
+    from tvm.script import tirx as T
+
+    adt_x4, adt_x16 = f"{adt}x4", f"{adt}x16"
+    instr = "llvm.aarch64.neon.sdot.v4i32.v16i8" if adt == "int8" else "llvm.aarch64.neon.usdot.v4i32.v16i8"
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), adt, offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
+             C: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            for i in T.serial(0, 4):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), adt, offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
+             C: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], adt_x4), dtype="int32"), 4),
+                              dtype="int8x16")  # LLVM types both operands <16 x i8>
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(instr), C.vload([0], dtype="int32x4"), a,
+                B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+
+    del adt_x16
+    return desc, impl
 
 
 def _avx2_dot_8x2(adt: str):
@@ -150,7 +191,7 @@ def _has(features, target) -> bool:
 
 def int8_isa(target: Target | None = None) -> str:
     """The best int8 dot-product path for ``target`` (the current target by default):
-    ``"vnni"``, ``"avx2"`` or ``"portable"``."""
+    ``"vnni"``, ``"avx2"``, ``"i8mm"``, ``"dotprod"`` or ``"portable"``."""
     target = target or Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
         return "portable"
@@ -160,6 +201,11 @@ def int8_isa(target: Target | None = None) -> str:
             return "vnni"
         if _has(["avx2"], target):
             return "avx2"
+    if triple.startswith(("aarch64", "arm64")):
+        if _has(["i8mm"], target):
+            return "i8mm"
+        if _has(["dotprod"], target):
+            return "dotprod"
     return "portable"
 
 
@@ -190,6 +236,8 @@ def is_int8_function(func: tirx.PrimFunc) -> bool:
 KERNELS = {
     "vnni": (16, 4, 24, {"uint8": VNNI_INTRIN}),  # 32 zmm: 24 accumulators
     "avx2": (8, 2, 12, AVX2_INTRIN),  # 16 ymm: 12 accumulators, weights, broadcast, temporaries
+    "i8mm": (4, 4, 24, ARM_INTRIN),  # 32 NEON registers: usdot (uint8) and sdot (int8)
+    "dotprod": (4, 4, 24, {"int8": ARM_INTRIN["int8"]}),  # sdot only
 }
 
 
@@ -311,7 +359,8 @@ def schedule_int8(func: tirx.PrimFunc, info=None, target: Target | None = None):
         return None
     isa = int8_isa(target)
     # a VNNI CPU also has AVX2: its vpmaddwd kernel takes what vpdpbusd cannot (int8 activations)
-    for kernel in {"vnni": ("vnni", "avx2"), "avx2": ("avx2",)}.get(isa, ()):
+    for kernel in {"vnni": ("vnni", "avx2"), "avx2": ("avx2",), "i8mm": ("i8mm",),
+                   "dotprod": ("dotprod",)}.get(isa, ()):
         try:
             _register_intrinsics()
             sch = Schedule(func)

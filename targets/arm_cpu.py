@@ -29,6 +29,10 @@ PRESETS = {
     "graviton2": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
                    "mattr": ["+neon", "+dotprod"], "num-cores": 4},
                   "AWS Graviton2: Neoverse-N1 (ARMv8.2-A, NEON, dot product), 4 vCPUs assumed"),
+    "graviton3": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v1",
+                   "mattr": ["+neon", "+dotprod", "+i8mm"], "num-cores": 4},
+                  "AWS Graviton3: Neoverse-V1 (ARMv8.4-A+, NEON, dot product, int8 matrix multiply "
+                  "usdot), 4 vCPUs assumed"),
     "generic": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
                 "any ARMv8.2-A+ Linux board with NEON and dot product (no mcpu tuning)"),
 }

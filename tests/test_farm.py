@@ -115,6 +115,68 @@ def test_squeezenet_aarch64_on_emulated_node_matches_host(farm_up, squeezenet_pk
           f"median {b['sqcc']['median_ms']:.0f} ms, max |diff| vs host {err:.1e}")
 
 
+def test_int8_dot_product_kernels_on_emulated_node(farm_up, tmp_path):
+    """ARM dot-product int8 kernels run on the emulated node (qemu's 'max' CPU has them): an int8 conv
+    with sdot (+dotprod) is exact against numpy; person_detect (uint8 activations after QDQ folding)
+    with usdot on arm_cpu:graviton3 equals the host build exactly; SqueezeNet int8 agrees."""
+    import tvm
+    from tvm import relax
+
+    import sqcc
+    from sqcc.build import build
+    from sqcc.targets import arm_cpu
+
+    def asm(ex):
+        def modules(m):
+            yield m
+            for i in m.imports:
+                yield from modules(i)
+        return "".join(m.inspect_source("asm") for m in modules(ex.mod) if m.kind == "llvm")
+
+    # sdot: int8 activations x int8 weights, 3x3 conv, full-range data
+    rng = np.random.default_rng(0)
+    wt = rng.integers(-128, 128, (32, 16, 3, 3)).astype("int8")
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((1, 16, 9, 9), "int8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv2d(xv, relax.const(wt), padding=1, out_dtype="int32"))
+        bb.emit_func_output(out)
+    ex = build(bb.get(), tvm.target.Target(arm_cpu.target_dict("generic")))
+    assert "sdot" in asm(ex)
+    lib = arm_cpu.export_library(ex, str(tmp_path / "conv.so"))
+    manifest = {"target": {"family": "arm_cpu", "name": "arm_cpu:generic"},
+                "inputs": [{"name": "x", "shape": [1, 16, 9, 9], "dtype": "int8"}]}
+    x = rng.integers(-128, 128, (1, 16, 9, 9)).astype("int8")
+    with remote.RemoteVM((open(lib, "rb").read(), manifest), farm_up["tracker"], "aarch64", timeout=120) as r:
+        y = r.run(x)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + 9, j:j + 9], wt[:, :, i, j].astype(np.int64))
+              for i in range(3) for j in range(3))
+    np.testing.assert_array_equal(y, ref)
+
+    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+    pd = os.path.join(shared, "models", "person_detect.tflite")
+    host = sqcc.compile(pd, check=False)
+    arm = sqcc.compile(pd, target="arm_cpu:graviton3", check=False)
+    assert "usdot" in asm(arm.executable)
+    x = rng.integers(-128, 128, (1, 96, 96, 1)).astype(np.int8)
+    with remote.RemoteVM(arm, farm_up["tracker"], "aarch64", timeout=120) as r:
+        np.testing.assert_array_equal(r.run(x), host.run(x))
+
+    images = os.path.join(shared, "data", "imagenet-sample")
+    q = dict(passes=["int8"], calibration=images, calibration_limit=4, check=False)
+    q_host = sqcc.compile("squeezenet1.1", **q)
+    q_arm = sqcc.compile("squeezenet1.1", target="arm_cpu:graviton3", **q)
+    assert "usdot" in asm(q_arm.executable)
+    xs = rng.random((1, 3, 224, 224), dtype=np.float32)
+    with remote.RemoteVM(q_arm, farm_up["tracker"], "aarch64", timeout=300) as r:
+        out = r.run(xs)
+    ref = q_host.run(xs)
+    assert int(out.argmax()) == int(ref.argmax())
+    assert float(np.abs(out - ref).max()) <= 0.02 * float(np.abs(ref).max())  # float requant rounding
+
+
 def test_tune_through_farm_writes_records(farm_up, tmp_path):
     """sqcc's tuner, unchanged, measuring a few SqueezeNet conv candidates on the emulated aarch64
     node through the tracker (cross-linked here, run there): records land in the database."""
