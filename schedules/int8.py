@@ -50,6 +50,25 @@ ARM_INTRIN = {"uint8": "sqcc_dot_4x4_usdot", "int8": "sqcc_dot_4x4_sdot"}
 _registered = False
 
 
+def _dot_desc(adt: str, lanes: int, depth: int):
+    """What every dot-product intrinsic computes: C[0:L] += Σ_k A[k]·B[0:L, k], k < depth, in int32."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((depth,), adt, offset_factor=1), B: T.Buffer((lanes, depth), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, depth):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
 def _register_intrinsics():
     """Register the VNNI 16x4 dot product (the same description and implementation as TVM's
     ``dot_16x4_vnni`` in ``tvm.s_tir.tensor_intrin.x86``; importing that package costs ~25 s)."""
@@ -59,17 +78,7 @@ def _register_intrinsics():
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    desc = _dot_desc("uint8", 16, 4)
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -118,20 +127,8 @@ def _arm_dot_4x4(adt: str):
     """(desc, impl) of C[0:4] += Σ_k A[k]·B[0:4, k], k < 4: ``sdot`` (int8 A) or ``usdot`` (uint8 A)."""
     from tvm.script import tirx as T
 
-    adt_x4, adt_x16 = f"{adt}x4", f"{adt}x16"
+    adt_x4 = f"{adt}x4"
     instr = "llvm.aarch64.neon.sdot.v4i32.v16i8" if adt == "int8" else "llvm.aarch64.neon.usdot.v4i32.v16i8"
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), adt, offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
-             C: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            for i in T.serial(0, 4):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((4,), adt, offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
@@ -145,25 +142,12 @@ def _arm_dot_4x4(adt: str):
                 T.llvm_lookup_intrinsic_id(instr), C.vload([0], dtype="int32x4"), a,
                 B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
 
-    del adt_x16
-    return desc, impl
+    return _dot_desc(adt, 4, 4), impl
 
 
 def _avx2_dot_8x2(adt: str):
     """(desc, impl) of C[0:8] += Σ_k A[k]·B[0:8, k], k < 2, with ``vpmaddwd`` on int16 lanes."""
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((2,), adt, offset_factor=1), B: T.Buffer((8, 2), "int8", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            for i in T.serial(0, 8):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((2,), adt, offset_factor=1), B: T.Buffer((8, 2), "int8", offset_factor=1),
@@ -179,7 +163,7 @@ def _avx2_dot_8x2(adt: str):
             C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, b16, dtype="int32x8")
 
-    return desc, impl
+    return _dot_desc(adt, 8, 2), impl
 
 
 def _has(features, target) -> bool:
