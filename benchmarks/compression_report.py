@@ -74,6 +74,54 @@ def latency_vs(vm, base_vm, x, runs=60):
             "speedup": t["original"]["median_ms"] / t["model"]["median_ms"]}
 
 
+def depthwise_multiplier_latency(runs=100):
+    """dwsep's depthwise 3x3 conv with channel multiplier M, followed by its 1x1 pointwise conv:
+    latency with and without sqcc's multiplier split (:func:`sqcc.schedules.layout.split_depthwise_multiplier`)."""
+    import tvm
+    from tvm import relax
+
+    import sqcc.schedules.layout as layout
+    from sqcc.bench import time_blocks
+    from sqcc.build import build, host_target
+
+    target = host_target()
+    rng = np.random.default_rng(0)
+    rows = []
+    split = layout.split_depthwise_multiplier
+    for c, hw in [(64, 55), (128, 27)]:
+        x = tvm.runtime.tensor(rng.standard_normal((1, c, hw, hw)).astype("float32"))
+        fns, outs = {}, {}
+        for m in (1, 2, 4):
+            wd = rng.standard_normal((c * m, 1, 3, 3)).astype("float32")
+            wp = rng.standard_normal((64, c * m, 1, 1)).astype("float32")
+            bb = relax.BlockBuilder()
+            xv = relax.Var("x", relax.TensorType((1, c, hw, hw), "float32"))
+            with bb.function("main", [xv]):
+                with bb.dataflow():
+                    d = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(xv, relax.const(wd), groups=c, padding=1)))
+                    out = bb.emit_output(relax.op.nn.conv2d(d, relax.const(wp)))
+                bb.emit_func_output(out)
+            for on in ((True,) if m == 1 else (True, False)):
+                layout.split_depthwise_multiplier = split if on else (lambda: tvm.transform.Sequential([]))
+                try:
+                    vm = relax.VirtualMachine(build(bb.get(), target), tvm.cpu())
+                finally:
+                    layout.split_depthwise_multiplier = split
+                key = f"M={m}" + ("" if m == 1 else (" split" if on else " as is"))
+                fns[key] = lambda vm=vm: vm["main"](x)
+                outs[key] = vm["main"](x).numpy()
+        t = time_blocks(fns, runs, 10)
+        for k, v in t.items():
+            m = int(k[2])
+            rel = float(np.abs(outs[k] - outs[f"M={m}" + ("" if m == 1 else " as is")]).max() /
+                        np.abs(outs[k]).max())
+            rows.append({"shape": f"dw3x3 {c}ch @{hw}x{hw} + 1x1 to 64", "variant": k,
+                         "median_us": v["median_ms"] * 1e3, "macs": c * m * hw * hw * (9 + 64),
+                         "max_rel_diff_vs_unsplit": rel})
+            log(f"{c}@{hw} {k}: {v['median_ms'] * 1e3:.0f} us")
+    return rows
+
+
 def grouped_conv_latency(groups=(1, 2, 4, 8), runs=200):
     """Latency of SqueezeNet 1.1's squeeze/expand1x1 shapes as dense and g-group 1x1 convs (+ReLU),
     sqcc default schedules, and of a channel shuffle (one gather) on the same tensor."""
@@ -307,6 +355,7 @@ def main(argv=None):
     m = frontend.load(args.model)
     if args.only_latency:
         r = {"grouped_conv_latency": grouped_conv_latency(),
+             "depthwise_multiplier_latency": depthwise_multiplier_latency(),
              "tvm_threads": __import__("os").environ.get("TVM_NUM_THREADS", "default")}
         Path(args.out).write_text(json.dumps(r, indent=1))
         print_tables(r)
@@ -361,6 +410,11 @@ def print_tables(r):
         for x in r["grouped_conv_latency"]:
             print(f"{x['layer']:<16} {x['shape']:<16} {x['variant']:<17} {x['median_us']:8.1f} "
                   f"{x['speedup_vs_dense']:5.2f}x" + (f" (MACs /{x['mac_ratio']})" if x["mac_ratio"] else ""))
+    if "depthwise_multiplier_latency" in r:
+        print("\ndepthwise multiplier M (dwsep) + pointwise: shape | variant | median us | GMAC/s | max rel diff")
+        for x in r["depthwise_multiplier_latency"]:
+            print(f"{x['shape']:<30} {x['variant']:<10} {x['median_us']:8.1f} "
+                  f"{x['macs'] / x['median_us'] / 1e3:6.1f} {x['max_rel_diff_vs_unsplit']:.1e}")
     if "deep_compression" in r:
         print("\nDeep Compression (SqueezeNet 1.1): point | density | dense | CSR | shared | Huffman (MiB) | "
               "ratio | top-1 agreement | top-1 acc")
