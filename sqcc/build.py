@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
 import tvm
 from tvm import relax
 
@@ -90,7 +92,11 @@ def schedule(mod: tvm.IRModule, target, tuning_records: str | None = None,
     mod = lower_to_tir(mod, target)
     with target:
         if tuning_records:
-            from sqcc.schedules.tuning import open_database
+            from sqcc.schedules.tuning import open_database, pinned_paths
+            pinned = pinned_paths(tuning_records)[0]
+            # the re-measured winners (sqcc tune --revalidate) when they are newer than the records
+            if pinned.exists() and pinned.stat().st_mtime >= Path(tuning_records).stat().st_mtime:
+                tuning_records = str(pinned)
             db = open_database(tuning_records, target, create=False)
             with db:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)

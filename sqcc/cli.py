@@ -426,6 +426,13 @@ def cmd_tune(args):
     out = tune(mod, spec.tvm(), trials=args.trials, records_path=records,
                max_trials_per_task=args.max_trials_per_task, runner=runner, builder=builder)
     print(f"tuning records for {spec.name}: {out or records}")
+    if args.revalidate:
+        if runner is not None:
+            raise SqccError("--revalidate measures on this machine; it cannot be combined with --rpc-tracker")
+        from .schedules.tuning import revalidate
+
+        pinned = revalidate(mod, spec.tvm(), records)
+        print(f"re-measured winners pinned in {pinned} (used by --tuning-records {records})")
     print(f"use: sqcc compile {args.model} --target {spec.name} --tuning-records {out or records}")
     return 0
 
@@ -527,6 +534,9 @@ def build_parser():
     p.add_argument("--pass", dest="passes", action="append", metavar="NAME[:k=v,...]",
                    help="tune the rewritten graph's kernels")
     p.add_argument("--input-shape")
+    p.add_argument("--revalidate", action="store_true",
+                   help="after tuning, re-measure each kernel's best candidates and the default schedule "
+                        "against each other (run on a quiet machine) and pin the winners")
     rpc(p)
     common(p)
     p.set_defaults(func=cmd_tune)

@@ -430,3 +430,29 @@ def test_depthwise_multiplier_is_split_and_folded_into_the_pointwise():
     names = [gv.name_hint for gv, f in lower_to_tir(mod, host_target(2)).functions_items()
              if isinstance(f, tirx.PrimFunc)]
     assert any("concatenate" in n for n in names) and not any("take" in n for n in names), names
+
+
+def test_revalidate_pins_one_winner_per_kernel_and_build_uses_it(tmp_path):
+    """sqcc tune --revalidate: the top candidates and the default are re-measured; one record per
+    tuned kernel goes to <records>.pinned.json; the build then reads the pinned file; numerics hold."""
+    from sqcc.schedules.tuning import pinned_paths, revalidate
+
+    model = _conv_model(k=3, pad=1, c=8, o=16, h=6, w=6)
+    mod, _, _ = _import(model)
+    target = host_target()
+    records = tmp_path / "host.json"
+    tune(mod, target, 6, str(records), num_trials_per_iter=2, search_strategy="replay-trace",
+         cost_model="random", progress=False, task_names=["conv2d"])
+    raw = records.read_bytes()
+    out = revalidate(mod, target, str(records), top_k=3, rounds=3, progress=False)
+    assert out == str(pinned_paths(records)[0]) and records.read_bytes() == raw  # raw records untouched
+    pinned = _record_lines(Path(out))
+    assert len(pinned) == 1  # one tuned kernel (the conv), one winner
+    scheduled = schedule(mod, target, tuning_records=str(records))
+    tags = {str(f.attrs[RULE_ATTR]) for gv, f in scheduled.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint}
+    assert tags == {"database"}
+    x = np.random.default_rng(0).standard_normal((1, 8, 6, 6), dtype=np.float32)
+    y = relax.VirtualMachine(build(mod, target, tuning_records=str(records)), tvm.cpu())["main"](
+        tvm.runtime.tensor(x)).numpy()
+    assert _rel_err(y, ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]) <= RTOL
