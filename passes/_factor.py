@@ -20,6 +20,7 @@ from ..errors import SqccError
 from .base import LayerRecord
 
 RIDGE = 1e-6  # relative Tikhonov term on Σ: keeps full-rank fits exact where Σ is singular
+SHRINK_BELOW = 8  # Σ from fewer than this many samples per dimension is shrunk (LayerFit.cov_reg)
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -54,6 +55,7 @@ class LayerFit:
     # (E[p̂p̂ᵀ], E[pp̂ᵀ], E[p̂]) with p̂ the patches of a rewritten model's activations at this layer:
     # the last factor is then refitted to map p̂ to the original output (upstream errors compensated)
     hat: tuple | None = None
+    samples: int | None = None  # how many patches Σ was estimated from (None: unknown / plenty)
     cache: dict = field(default_factory=dict)
 
     @property
@@ -77,6 +79,30 @@ class LayerFit:
         ng = self.weight.shape[0] // g
         return [self.weight[i * ng:(i + 1) * ng].reshape(ng, -1).astype(np.float64) for i in range(g)]
 
+    def target(self, i: int, use_data: bool = True):
+        """(T, S) for group i: the weight (ng × d) the structured fit approximates and the patch
+        covariance it whitens by. Without hat moments T = W and S = :meth:`cov_reg` (S is None for a
+        weight-only fit). With the moments of a rewritten model's inputs p̂ (``hat``), T is the best
+        linear map from p̂ to the original output, T = W·C(p, p̂)·C(p̂, p̂)⁻¹, and S = C(p̂, p̂) (both
+        centred): since E‖W(p − μ) − Ŵ(p̂ − μ̂)‖² = const + E‖(T − Ŵ)(p̂ − μ̂)‖², fitting T under S is
+        the asymmetric reconstruction of Zhang et al. 2016 (upstream errors are compensated by the
+        whole factorisation, not only its last factor)."""
+        wg = self.group_matrices()[i]
+        if not use_data or self.cov is None:
+            return wg, None
+        if self.hat is None or self.mean is None:
+            return wg, self.cov_reg(i)
+        key = ("target", i)
+        if key not in self.cache:
+            hh, xh, mh = self.hat
+            c_hh = hh[i] - np.outer(mh[i], mh[i])
+            c_xh = xh[i] - np.outer(self.mean[i], mh[i])
+            lam = RIDGE * max(float(np.trace(c_hh)) / len(c_hh), 1e-30)
+            c_hh = c_hh + lam * np.eye(len(c_hh))
+            t = np.linalg.solve(c_hh, (wg @ c_xh).T).T  # C_hh symmetric: (C_hh⁻¹ C_xhᵀ Wᵀ)ᵀ
+            self.cache[key] = (t, c_hh)
+        return self.cache[key]
+
     def cov_reg(self, i: int) -> np.ndarray | None:
         """The covariance the fits whiten by, for group i: centred (Σ − μμᵀ) when the means are known
         (the mean of the error then goes into a bias correction, as Zhang et al. 2016), plus a small
@@ -88,8 +114,16 @@ class LayerFit:
             s = self.cov[i]
             if self.mean is not None:
                 s = s - np.outer(self.mean[i], self.mean[i])
-            lam = RIDGE * max(float(np.trace(s)) / len(s), 1e-30)
-            self.cache[key] = s + lam * np.eye(len(s))
+            d = len(s)
+            if self.samples is not None and self.samples < SHRINK_BELOW * d:
+                # few samples for the dimension (a classifier matmul sees one vector per image): Σ is
+                # (nearly) singular, and a fit whitened by it is exact on the calibration inputs and
+                # poor on new ones (a rank-63 fc of 64 images measures error 0). Shrink towards
+                # the isotropic (Ledoit–Wolf style, weight d/(n+d)) so errors off the sample count.
+                a = d / (self.samples + d)
+                s = (1 - a) * s + a * (float(np.trace(s)) / d) * np.eye(d)
+            lam = RIDGE * max(float(np.trace(s)) / d, 1e-30)
+            self.cache[key] = s + lam * np.eye(d)
         return self.cache[key]
 
 
@@ -106,6 +140,8 @@ class Factorization:
 
 
 from ..calibrate import conv_out_hw  # noqa: E402,F401  (one definition, re-exported here)
+
+SAMPLED_POSITIONS = 20000  # patch_covariance's default max_positions (what _layer_cov uses)
 
 
 def chain_cost(layer: LayerFit, f: Factorization) -> tuple[int, int]:
@@ -289,8 +325,14 @@ def layer_from_conv(context, conv, use_data=True) -> LayerFit:
     cov, mean = mom if mom is not None else (None, None)
     hat = _layer_hat(context, conv.name, "conv", conv.weight.shape[2:], conv.strides, conv.padding,
                      conv.dilation, conv.groups, conv.in_shape) if mom is not None else None
+    samples = None
+    if mom is not None:
+        act = np.asarray(context.inputs_of(conv.name))
+        ho, wo = conv_out_hw(act.shape[2], act.shape[3], conv.weight.shape[2:], conv.strides, conv.padding,
+                             conv.dilation)
+        samples = min(act.shape[0] * ho * wo, SAMPLED_POSITIONS)
     return LayerFit(conv.name, conv.weight, conv.in_shape, conv.out_shape, conv.strides, conv.padding,
-                    conv.dilation, conv.groups, "conv", cov, mean, hat)
+                    conv.dilation, conv.groups, "conv", cov, mean, hat, samples)
 
 
 def layer_from_matmul(context, name, x_shape, w, use_data=True) -> LayerFit:
@@ -302,8 +344,13 @@ def layer_from_matmul(context, name, x_shape, w, use_data=True) -> LayerFit:
     cov, mean = mom if mom is not None else (None, None)
     hat = _layer_hat(context, name, "matmul", (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, x_shape) \
         if mom is not None else None
+    samples = None
+    if mom is not None:
+        act = np.asarray(context.inputs_of(name))
+        samples = min(int(act.size // act.shape[-1]), SAMPLED_POSITIONS)
     out_shape = tuple(x_shape[:-1]) + (w.shape[1],)
-    return LayerFit(name, wt, tuple(x_shape), out_shape, kind="matmul", cov=cov, mean=mean, hat=hat)
+    return LayerFit(name, wt, tuple(x_shape), out_shape, kind="matmul", cov=cov, mean=mean, hat=hat,
+                    samples=samples)
 
 
 def emit_chain(builder, data, layer: LayerFit, f: Factorization, tag: str):

@@ -38,8 +38,8 @@ def _dwsep_svd(layer: LayerFit, use_data: bool):
     kk = kh * kw
     out = []
     for i in range(g):
-        wg = layer.weight[i * ng:(i + 1) * ng].reshape(ng, cg, kk).astype(np.float64).transpose(1, 0, 2)
-        s = layer.cov_reg(i) if use_data else None
+        tg, s = layer.target(i, use_data)  # W (or its asymmetric target) and the covariance
+        wg = tg.reshape(ng, cg, kk).transpose(1, 0, 2)
         if s is not None:
             sc = np.stack([s[c * kk:(c + 1) * kk, c * kk:(c + 1) * kk] for c in range(cg)])
             m = wg @ _sqrtm_psd(sc)
@@ -79,7 +79,7 @@ def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True) -
             gm = np.zeros((cg, m_, cg, kk))
             for c in range(cg):
                 gm[c, :, c, :] = b[c]
-            wflat = wg.transpose(1, 0, 2).reshape(ng, cg * kk)
+            wflat = layer.group_matrices()[i]  # the original W: the refit targets its outputs
             a = final_refit(layer, i, wflat, gm.reshape(cg * m_, cg * kk))
         dw[i * cg * m_:(i + 1) * cg * m_, 0] = b.reshape(cg * m_, kh, kw)
         pw[i * ng:(i + 1) * ng, :, 0, 0] = a

@@ -158,13 +158,15 @@ def fit_flatten(layer: LayerFit, rank: int = 2, use_data=True, iters: int = 100,
     rank = max(1, int(rank))
     key = ("cp", rank, iters)
     t = w.astype(np.float64)
+    if use_data and layer.cov is not None and layer.hat is not None:  # asymmetric target (upstream rewrites)
+        t = np.concatenate([layer.target(i)[0] for i in range(g)]).reshape(w.shape)
     if key not in layer.cache:
         layer.cache[key] = _exact_terms(t, rank) if rank >= exact else cp_als(t, rank, iters, restarts=restarts)
     a, bb, gg = layer.cache[key]
     mode = "exact" if rank >= exact else "CP-ALS"
     if refit and use_data and layer.cov is not None and rank < exact:
         parts = [_refit_data(t[i * ng:(i + 1) * ng], a[i * ng:(i + 1) * ng], bb[i * ng:(i + 1) * ng],
-                             gg[i * ng:(i + 1) * ng], layer.cov_reg(i)) for i in range(g)]
+                             gg[i * ng:(i + 1) * ng], layer.target(i)[1]) for i in range(g)]
         a = np.concatenate([p[0] for p in parts])
         bb = np.concatenate([p[1] for p in parts])
         gg = np.concatenate([p[2] for p in parts])

@@ -38,8 +38,8 @@ def _channel_spectra(layer: LayerFit, use_data: bool):
     if key in layer.cache:
         return layer.cache[key]
     out = []
-    for i, wg in enumerate(layer.group_matrices()):
-        s = layer.cov_reg(i) if use_data else None
+    for i in range(layer.groups):
+        wg, s = layer.target(i, use_data)  # (W, Σ), or (W·C_xh·C_hh⁻¹, C_hh) with upstream rewrites
         ng, d = wg.shape
         if ng <= d:  # eigenvectors of WΣWᵀ (N×N)
             m = wg @ s @ wg.T if s is not None else wg @ wg.T
@@ -72,7 +72,7 @@ def fit_channel(layer: LayerFit, rank=None, energy=None, use_data=True) -> Facto
     tot = 0.0
     for i, (wg, (lam, u)) in enumerate(zip(layer.group_matrices(), spectra)):
         ur = u[:, :r]
-        b = ur.T @ wg  # r × d
+        b = ur.T @ layer.target(i, use_data)[0]  # r × d
         if use_data and layer.hat is not None:  # compensate upstream rewrites
             ur = final_refit(layer, i, wg, b)
         bs.append(b.reshape(r, cg, kh, kw))
@@ -102,9 +102,8 @@ def _spatial_spectra(layer: LayerFit, use_data: bool):
     ng = n // g
     out = []
     for i in range(g):
-        wg = layer.weight[i * ng:(i + 1) * ng].astype(np.float64)
-        wm = wg.transpose(1, 2, 0, 3).reshape(cg * kh, ng * kw)
-        s = layer.cov_reg(i) if use_data else None
+        tg, s = layer.target(i, use_data)  # W (or its asymmetric target) and the covariance
+        wm = tg.reshape(ng, cg, kh, kw).transpose(1, 2, 0, 3).reshape(cg * kh, ng * kw)
         if s is not None:
             s6 = s.reshape(cg, kh, kw, cg, kh, kw)
             sv = np.einsum("cyxdzx->cydz", s6).reshape(cg * kh, cg * kh) / kw

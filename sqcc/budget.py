@@ -8,7 +8,12 @@ MACs/params of its replacement chain and its error: with calibration activations
 error ‖(W − Ŵ)P‖/‖WP‖ on the real input patches of the layer (data-aware fits); without, the relative
 weight error (weight-only fits). Starting from the original model, the step that adds the least
 squared error per MAC (or parameter) removed — over all layers and all their cheaper candidates, so
-the path follows each layer's lower convex hull — is taken until the budget is met. The plan is
+the path follows each layer's lower convex hull — is taken until the budget is met. With calibration
+inputs, each layer's squared error is weighted by its measured end-to-end sensitivity (KL of the
+logits per unit squared layer error, fitted on half of the calibration images and measured on the
+other half), since per-layer relative error is a poor proxy across layers; the chosen rewrites are
+then refitted sequentially, each to the original outputs given the rewritten model's inputs
+(:func:`realise`). The plan is
 realised by ordinary pass specs (``lowrank:scheme=channel,rank=12,layers=conv3,conv7,fit=data`` ...),
 so a plan is reproducible from the command line.
 """
@@ -358,12 +363,15 @@ def parse_budget(budget) -> dict:
 
 
 def plan_budget(model, budget, calib_feeds=None, progress=None, techniques=TECHNIQUES,
-                activations=None, sensitivity: bool = False, sensitivity_inputs: int = 8) -> Plan:
+                activations=None, sensitivity: bool = True, sensitivity_inputs: int | None = None) -> Plan:
     """The API's entry: ``model`` a frontend.Model, ``budget`` "macs=0.7" or a dict, ``calib_feeds``
     calibration inputs (None → weight-only allocation and fits). With calibration and
-    ``sensitivity``, each layer's error is weighted by its measured effect on the predictions (one
-    build per layer, on ``sensitivity_inputs`` of the calibration inputs). The returned plan carries
-    the activations it used (``plan.activations``) so the caller need not collect them again."""
+    ``sensitivity`` (the default), each layer's error is weighted by its measured effect on the
+    predictions (:func:`layer_sensitivity`: one build per layer, fitted on half of the calibration
+    inputs and measured on the other half; ``sensitivity_inputs`` caps how many are used). The
+    returned plan carries the activations it used (``plan.activations``) so the caller need not
+    collect them again; realise it with :func:`apply_plan` and the calibration feeds for the
+    sequential refit."""
     b = parse_budget(budget)
     if activations is None and calib_feeds:
         from .calibrate import collect_activations
@@ -373,8 +381,8 @@ def plan_budget(model, budget, calib_feeds=None, progress=None, techniques=TECHN
     priced = price(model.mod, activations, techniques, fit == "data", progress)
     sens = None
     if sensitivity and fit == "data" and calib_feeds:
-        sens = layer_sensitivity(model.mod, priced, activations, list(calib_feeds)[:sensitivity_inputs],
-                                 progress=progress)
+        feeds = list(calib_feeds)[:sensitivity_inputs] if sensitivity_inputs else list(calib_feeds)
+        sens = layer_sensitivity(model.mod, priced, activations, feeds, progress=progress)
     plan = allocate(model.mod, activations, techniques=techniques, progress=progress, fit=fit,
                     priced=priced, sensitivity=sens, **b)
     plan.sensitivity = sens
@@ -399,12 +407,32 @@ def _kl(ref, y):
     return float((np.exp(lp) * (lp - lq)).sum(1).mean())
 
 
-def layer_sensitivity(mod, priced, activations, feeds, probe: float = 0.15, progress=None) -> dict:
+def _split_activations(activations, feeds):
+    """(activations of the even-indexed feeds, the odd-indexed feeds), or None when the activations
+    are not one row per feed (then no split is possible)."""
+    n = len(feeds)
+    if n < 4 or not activations or any(len(v) != n for v in activations.values()):
+        return None
+    return {k: v[0::2] for k, v in activations.items()}, list(feeds)[1::2]
+
+
+def layer_sensitivity(mod, priced, activations, feeds, probe: float = 0.1, progress=None,
+                      holdout: bool = True, techniques=TECHNIQUES) -> dict:
     """{layer: s}: how much a layer's relative output error moves the model's predictions, measured.
     Per layer, the candidate whose error is nearest ``probe`` is applied alone, the model is built and
     run on ``feeds``, and s = KL(softmax(original logits) ‖ softmax(new logits)) / (layer error)²
     (KL is quadratic in small logit changes, so s·error² estimates each layer's share). One build
-    per layer."""
+    per layer.
+
+    With ``holdout`` (and one activation row per feed), the probe is *fitted* on the even-indexed
+    calibration inputs and its KL *measured* on the odd-indexed ones: a data-aware fit judged on the
+    images it was fitted to looks much better than it is on new images (SqueezeNet's conv10, 1000
+    classes, most absent from a small calibration set, is the extreme case), and that
+    generalisation gap is exactly what the allocation must see."""
+    split = _split_activations(activations, feeds) if holdout else None
+    if split is not None:
+        activations, feeds = split
+        priced = price(mod, activations, techniques, True)
     ref = _logits(mod, feeds)
     out = {}
     for lf, cands in priced:
@@ -424,21 +452,34 @@ def layer_sensitivity(mod, priced, activations, feeds, probe: float = 0.15, prog
     return out
 
 
-def realise(mod, specs, activations=None, feeds=None, rounds: int = 1, progress=None):
+def realise(mod, specs, activations=None, feeds=None, rounds: int = 0, progress=None,
+            sequential: bool = True):
     """Apply pass ``specs`` to ``mod``; with calibration ``activations`` *and* the calibration
-    ``feeds`` they came from, then re-fit in ``rounds`` more passes: run the rewritten model on the
-    feeds, collect the inputs each rewritten layer now sees (p̂, carrying upstream errors) and refit
-    each layer's last factor so that it maps p̂ to the original layer's output (Zhang et al. 2016's
-    asymmetric reconstruction, one sweep). Returns (module, LayerRecords of the last round)."""
+    ``feeds`` they came from, refit to the rewritten model's own activations (Zhang et al. 2016's
+    asymmetric reconstruction: each rewritten layer is fitted so that the inputs p̂ it now sees,
+    carrying the upstream rewrites' errors, map to the *original* layer's outputs Wp — see
+    ``LayerFit.target``):
+
+    * ``sequential`` (the default, when ``rounds`` is 0): layer by layer in model order, each fitted
+      to the inputs produced by the already-refitted layers above it (one build per rewritten layer);
+    * ``rounds`` > 0: that many sweeps that collect every rewritten layer's p̂ at once from the last
+      sweep's model (cheaper, but each layer compensates errors its upstream refits then change; it
+      measured worse than no refit on SqueezeNet).
+
+    Returns (module, LayerRecords of the last application)."""
     from tvm import relax
 
     from . import passes
     from .calibrate import collect_activations
 
-    def run(hat):
+    cov_cache: dict = {}  # patch moments of the original activations: shared by every application
+
+    def run(hat, hat_cache=None):
         ctx = passes.PassContext(activations=activations)
+        ctx.extra["patch_cov"] = cov_cache
         if hat:
             ctx.extra["activations_hat"] = hat
+            ctx.extra["patch_hat"] = hat_cache if hat_cache is not None else {}
         out = mod
         for spec in specs:
             out = passes.create(spec, ctx)(out)
@@ -446,6 +487,25 @@ def realise(mod, specs, activations=None, feeds=None, rounds: int = 1, progress=
 
     new, ctx = run(None)
     if activations is None or not feeds:
+        return new, ctx.records
+    if rounds <= 0 and sequential:
+        done = dict(ctx.extra.get("rewritten", {}))
+        order = [n for n in activations if n in done]  # activations are in model order
+        hat: dict = {}
+        hat_cache: dict = {}  # each layer's p̂ is set once, so its cross moments are computed once
+        for k, name in enumerate(order):
+            if k == 0:  # the first rewritten layer sees the original inputs: nothing to compensate
+                continue
+            if hat:  # the layers above, refitted
+                new, ctx = run(hat, hat_cache)
+            first = f"{name}__{TAGS[done[name].split(':')[0]]}0"
+            if progress:
+                progress(f"sequential refit {k + 1}/{len(order)}: {name}")
+            got = collect_activations(new, feeds, layers=[first], max_samples=len(feeds))
+            if first in got:
+                hat[name] = got[first]
+        if hat:
+            new, ctx = run(hat, hat_cache)
         return new, ctx.records
     for k in range(rounds):
         done = ctx.extra.get("rewritten", {})
@@ -460,9 +520,13 @@ def realise(mod, specs, activations=None, feeds=None, rounds: int = 1, progress=
     return new, ctx.records
 
 
-def apply_plan(mod, plan: Plan, activations=None, feeds=None, rounds: int = 0):
-    """Run the plan's passes over ``mod`` (see :func:`realise`); returns (new module, LayerRecords)."""
-    return realise(mod, plan.pass_specs, activations if plan.fit == "data" else None, feeds, rounds)
+def apply_plan(mod, plan: Plan, activations=None, feeds=None, rounds: int = 0, sequential: bool = True,
+               progress=None):
+    """Run the plan's passes over ``mod`` (see :func:`realise`: with ``feeds``, the calibration
+    inputs the activations came from, each layer is refitted sequentially to the rewritten model's
+    own inputs); returns (new module, LayerRecords)."""
+    return realise(mod, plan.pass_specs, activations if plan.fit == "data" else None, feeds, rounds,
+                   progress, sequential)
 
 
 # ----------------------------------------------------------------------------------------- sweep
@@ -516,14 +580,16 @@ def eval_set(model, folder, limit=None):
 
 def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight", "data"),
           metric: str = "macs", techniques=TECHNIQUES, plot: str | None = None, eval_limit=None,
-          calibration_limit: int = 32, refit_rounds: int = 0, sensitivity: bool = False,
-          progress=None) -> list[dict]:
+          calibration_limit: int = 64, refit_rounds: int = 0, sensitivity: bool = True,
+          sequential: bool = True, progress=None) -> list[dict]:
     """For each budget and fitting mode: plan, rewrite, build, run on the evaluation images and
     measure MACs, params, top-1 agreement with the original, logit relative error and (with labels)
     top-1 accuracy. ``model``: name/path or frontend.Model; ``calibration_inputs``: a folder or
     ``[{input: array}]``; ``eval_images``: a labelled folder or feeds (default: the calibration
     inputs). Writes a Pareto PNG to ``plot`` when given. Returns one row (dict) per (budget, mode),
-    plus the original as budget 1.0."""
+    plus the original as budget 1.0. Data mode by default weights the allocation by held-out
+    sensitivity (``sensitivity``) and refits sequentially (``sequential``; ``refit_rounds`` > 0 for
+    the older round-wise refit instead)."""
     from . import frontend
     from .calibrate import calibration_feeds, collect_activations
 
@@ -583,11 +649,13 @@ def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight",
                 priced[mode] = price(m.mod, acts if mode == "data" else None, techniques, mode == "data")
                 say(f"priced {mode} candidates")
                 if mode == "data" and sensitivity:
-                    sens = layer_sensitivity(m.mod, priced[mode], acts, calib[:8], progress=say)
+                    sens = layer_sensitivity(m.mod, priced[mode], acts, calib, progress=say,
+                                             techniques=techniques)
             plan = allocate(m.mod, acts if mode == "data" else None, techniques=techniques,
                             fit=mode, priced=priced[mode], sensitivity=sens if mode == "data" else None,
                             **{metric: b})
-            mod, _ = apply_plan(m.mod, plan, acts, calib if mode == "data" else None, refit_rounds)
+            mod, _ = apply_plan(m.mod, plan, acts, calib if mode == "data" else None, refit_rounds,
+                                sequential)
             logits = _logits(mod, feeds)
             r = row(b, mode, logits, plan.macs_after, plan.params_after, plan)
             r["seconds"] = time.perf_counter() - t0

@@ -122,3 +122,32 @@ def test_sensitivity_and_refit_on_small_model():
     assert all(r.output_error is not None for r in records if r.applied)
     y = tvm_run(mod, feeds[0])
     assert y.shape == (1, 10) and np.isfinite(y).all()
+
+
+def test_sequential_refit_and_heldout_sensitivity_on_small_model():
+    """Defaults: sensitivity fitted on half the calibration inputs and measured on the other half;
+    apply_plan with the feeds refits each rewritten layer, in order, to the original outputs given
+    the rewritten model's own inputs (c2 compensates c1's error)."""
+    from sqcc.calibrate import collect_activations
+
+    m = two_conv_model()
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal((1, 4, 12, 12)).astype(np.float32)} for _ in range(8)]
+    acts = collect_activations(m.mod, feeds)
+    priced = budget.price(m.mod, acts)
+    sens = budget.layer_sensitivity(m.mod, priced, acts, feeds)  # held-out split: fit on 4, measure on 4
+    assert set(sens) == {"c1", "c2"} and all(np.isfinite(v) and v >= 0 for v in sens.values())
+    plan = budget.allocate(m.mod, acts, macs=0.6, priced=priced, sensitivity=sens)
+    ref = np.stack([tvm_run(m.mod, f).reshape(-1) for f in feeds])
+    errs = {}
+    for seq in (False, True):
+        mod, records = budget.apply_plan(m.mod, plan, acts, feeds, sequential=seq)
+        y = np.stack([tvm_run(mod, f).reshape(-1) for f in feeds])
+        errs[seq] = rel(y, ref)
+        refitted = [r for r in records if r.applied and "refitted" in r.detail]
+        if seq and len(plan.entries) > 1:
+            assert refitted and refitted[0].layer != plan.entries[0].layer
+        if not seq:
+            assert not refitted
+    if len(plan.entries) > 1:
+        assert errs[True] <= errs[False] * 1.02, errs

@@ -274,3 +274,84 @@ def test_listed_in_registry():
     for name in ("lowrank", "dwsep", "flatten"):
         assert name in info and info[name].summary
     assert {p.name for p in info["lowrank"].params} >= {"scheme", "rank", "energy", "force", "layers", "fit"}
+
+
+def _asym_layer(seed=0, kernel=(3, 3)):
+    """A LayerFit with data moments of x and the cross moments with a distorted x̂ (what an upstream
+    rewrite feeds this layer)."""
+    from sqcc.calibrate import patch_covariance, patch_cross_moments
+    from sqcc.passes._factor import LayerFit
+
+    rng = np.random.default_rng(seed)
+    c, n = 8, 12
+    x = np.maximum(rng.standard_normal((4, c, 9, 9)), 0) + 0.1 * rng.standard_normal((4, c, 9, 9))
+    mix = np.eye(c) + 0.3 * rng.standard_normal((c, c))
+    xh = np.einsum("dc,nchw->ndhw", mix, x) + 0.05 * rng.standard_normal(x.shape)
+    w = rng.standard_normal((n, c) + kernel)
+    pad = (kernel[0] // 2, kernel[1] // 2, kernel[0] // 2, kernel[1] // 2)
+    cov, mean = patch_covariance(x, kernel, (1, 1), pad, return_mean=True)
+    hat = patch_cross_moments(x, xh, kernel, (1, 1), pad)
+    mk = lambda h: LayerFit("c", w, x.shape, (4, n, 9, 9), (1, 1), pad, (1, 1), 1, "conv", cov, mean, h)  # noqa: E731
+    return mk(None), mk(hat), x, xh
+
+
+@pytest.mark.parametrize("fit_name", ["channel", "spatial", "dwsep", "flatten"])
+def test_asymmetric_fit_compensates_upstream_error(fit_name):
+    """With the moments of the rewritten model's inputs x̂, the whole factorisation is fitted to the
+    original outputs (T = W·C(p,p̂)·C(p̂,p̂)⁻¹ under C(p̂,p̂)): its error on x̂ is below the plain fit's
+    and, at full rank, equals the least-squares optimum over all dense weights."""
+    from sqcc.passes._factor import bias_correction, output_error
+    from sqcc.passes.dwsep import fit_dwsep
+    from sqcc.passes.flatten import fit_flatten
+    from sqcc.passes.low_rank import fit_channel, fit_spatial
+
+    plain, asym, x, xh = _asym_layer()
+    fits = {"channel": lambda l, r: fit_channel(l, r), "spatial": lambda l, r: fit_spatial(l, r),
+            "dwsep": lambda l, r: fit_dwsep(l, r), "flatten": lambda l, r: fit_flatten(l, r, iters=30)}[fit_name]
+    low = {"channel": 4, "spatial": 6, "dwsep": 2, "flatten": 1}[fit_name]
+    e_plain = output_error(asym, fits(plain, low).dense)  # plain fit, judged on x̂
+    e_asym = output_error(asym, fits(asym, low).dense)
+    assert e_asym < e_plain, (e_asym, e_plain)
+    if fit_name == "channel":  # full rank: Ŵ = T, the unconstrained least-squares map from p̂
+        f = fits(asym, 12)
+        t = asym.target(0)[0]
+        assert rel(f.dense.reshape(12, -1), t) < 1e-4
+        # checked against the convs themselves: the fitted chain on x̂ vs the original conv on x
+        y = reference_conv2d(x, plain.weight, padding=plain.padding)
+        f.bias = bias_correction(asym, f.dense)
+        yh = reference_chain(xh, asym, f)
+        e_direct = np.linalg.norm(yh - y - (yh - y).mean((0, 2, 3), keepdims=True)) / np.linalg.norm(y)
+        assert e_direct < e_plain
+    # without upstream error the target is W itself and the fit is the plain one
+    assert np.allclose(plain.target(0)[0], plain.group_matrices()[0])
+
+
+def test_few_samples_shrink_the_covariance():
+    """A matmul's Σ from fewer samples than 8× its dimension (one vector per calibration image) is
+    shrunk towards the isotropic: a rank ≥ the sample count no longer measures error 0 (which made
+    the budget rewrite MobileNet's fc for free and lose most held-out predictions)."""
+    from sqcc.calibrate import patch_covariance
+    from sqcc.passes._factor import LayerFit, output_error
+    from sqcc.passes.low_rank import fit_channel
+
+    rng = np.random.default_rng(0)
+    k, n, m = 32, 40, 12
+    x = rng.standard_normal((m, k))
+    w = rng.standard_normal((n, k, 1, 1))
+    cov, mean = patch_covariance(x, return_mean=True)
+
+    def layer(samples):
+        return LayerFit("fc", w, (m, k), (m, n), kind="matmul", cov=cov, mean=mean, samples=samples)
+
+    r = m  # ≥ rank of the centred sample covariance
+    raw = output_error(layer(None), fit_channel(layer(None), r).dense)
+    shrunk_fit = fit_channel(layer(m), r).dense
+    assert raw < 1e-3  # exact on the samples it was fitted to
+    assert output_error(layer(None), shrunk_fit) > raw
+    # on new inputs the shrunk fit generalises better
+    xt = rng.standard_normal((500, k))
+    wf = w[:, :, 0, 0]
+    err = lambda wh: np.linalg.norm(xt @ (wf - wh.reshape(n, k)).T) / np.linalg.norm(xt @ wf.T)  # noqa: E731
+    assert err(shrunk_fit) < err(fit_channel(layer(None), r).dense)
+    # full rank stays exact either way
+    assert rel(fit_channel(layer(m), 1.0).dense, w) < 1e-6
