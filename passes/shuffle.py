@@ -178,6 +178,16 @@ class ChannelIR:
         return k, ax, arr
 
 
+def _emit_like(builder, var, value, name):
+    """Emit ``value`` as the binding of ``var`` was: a dataflow var, an output of a dataflow block, or
+    a plain binding outside any dataflow block (e.g. after calibration instrumentation)."""
+    from tvm import relax
+
+    if isinstance(var, relax.DataflowVar) or not builder.current_block_is_dataflow():
+        return builder.emit(value, name)
+    return builder.emit_output(value, name)
+
+
 def uniquify_names(mod):
     """``mod`` with main's binding names made unique (later duplicates get ``_k`` suffixes): the
     channel analysis speaks of bindings by name. ConvertLayout, for one, reuses names."""
@@ -205,10 +215,7 @@ def uniquify_names(mod):
             new_nm = f"{nm}_{k}"
             seen.add(new_nm)
             val = self.visit_expr(binding.value)
-            if isinstance(binding.var, relax.DataflowVar):
-                out = self.builder_.emit(val, new_nm)
-            else:
-                out = self.builder_.emit_output(val, new_nm)
+            out = _emit_like(self.builder_, binding.var, val, new_nm)
             self.set_var_remap(binding.var, out)
 
     return tvm_ir_update(mod, "main", _Uniq(mod).visit_expr(mod["main"]))
@@ -379,10 +386,7 @@ def apply_plan(mod, plan: Plan, replace: dict | None = None, remap: dict | None 
                 new = relax.Call(val.op, args, val.attrs)
             if new is None:
                 return super().visit_var_binding_(binding)
-            if isinstance(binding.var, relax.DataflowVar):
-                out = self.builder_.emit(new, nm)
-            else:
-                out = self.builder_.emit_output(new, nm)
+            out = _emit_like(self.builder_, binding.var, new, nm)
             self.set_var_remap(binding.var, out)
 
     new_main = _Apply(mod).visit_expr(mod["main"])

@@ -71,17 +71,18 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
 
         say(f"calibrating on {calibration}")
         calib_feeds = calibration_feeds(m, calibration, limit=calibration_limit)
+    plan = None
     if budget is not None:
         from .budget import plan_budget
 
         say(f"allocating budget {budget}")
         plan = plan_budget(m, budget, calib_feeds, progress=say)
-        pass_specs = list(plan.pass_specs) + pass_specs
         report["budget"] = plan.to_json()
     ctx.extra["calibration_feeds"] = calib_feeds
     pass_objs = [passes_mod.create(s, ctx) for s in pass_specs]  # validate all before any work
     if pass_specs and calib_feeds is not None:
-        ctx.activations = collect_activations(m.mod, calib_feeds, progress=say)
+        ctx.activations = (plan.activations if plan is not None and plan.activations is not None
+                           else collect_activations(m.mod, calib_feeds, progress=say))
     mod = m.mod
     from .passes.qdq_fold import fold_qdq, is_int8_tflite
 
@@ -90,7 +91,17 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         say("folding quantize/dequantize pairs into int8 ops")
         # micro: TFLite's integer fixed-point requantisation (what TFLite Micro computes; no float)
         mod = fold_qdq(mod, ctx.records, requant="fixed" if spec.family == "micro" else "float")
-    mod = run_passes(mod, pass_objs, pass_specs, dump_ir, say) if pass_specs else mod
+    if plan is not None:
+        from .budget import apply_plan
+
+        # the plan's rewrites, each layer refitted in model order to the inputs the rewritten layers
+        # above it produce (sequential asymmetric refit, with calibration)
+        say(f"rewriting {len(plan.entries)} layer(s) to the budget plan")
+        mod, recs = apply_plan(mod, plan, plan.activations, calib_feeds, progress=say)
+        ctx.records.extend(recs)
+        pass_specs = list(plan.pass_specs) + pass_specs
+    user_specs = pass_specs[len(plan.pass_specs):] if plan is not None else pass_specs
+    mod = run_passes(mod, pass_objs, user_specs, dump_ir, say) if user_specs else mod
     after = layers.layers(mod)
     report["after"] = {"layers": [l.to_json() for l in after], "totals": layers.totals(after)}
     report["passes"] = [r.to_json() for r in ctx.records]

@@ -105,18 +105,9 @@ def instrument(mod, layers=None):
 
 
 def _build(mod):
-    import tvm
-    from tvm import relax
-
     from .build import build
 
-    try:
-        return build(mod, "host")  # the detected CPU, sqcc's default schedules
-    except Exception:  # noqa: BLE001 - some layout passes expect dataflow blocks, which the taps removed
-        try:
-            return build(relax.transform.ConvertToDataflow(min_size=1)(mod), "host")
-        except Exception:  # noqa: BLE001 - last resort: TVM's own lowering, no sqcc schedules
-            return relax.build(mod, tvm.target.Target("llvm"))
+    return build(mod, "host")  # the detected CPU, sqcc's default schedules
 
 
 def collect_activations(model_mod, inputs: list, layers=None, max_samples: int = 64,

@@ -141,6 +141,7 @@ def cmd_compile(args):
         raise SqccError(f"--tuning-records {tuning.records}: no such file")
     pkg = api.compile(args.model, target=args.target, passes=args.passes or [],
                       input_shapes=args.input_shape, calibration=args.calibration, budget=budget,
+                      calibration_limit=args.calibration_limit,
                       tuning=tuning, eval_images=args.eval_images, check=not args.no_check,
                       dump_ir=args.dump_ir, force=args.force, progress=say)
     say(f"writing {out}")
@@ -484,6 +485,8 @@ def build_parser():
                    help="a rewrite pass (repeatable; see 'sqcc passes')")
     p.add_argument("--input-shape", help="NAME:D1,D2,... overrides the model's input shape")
     p.add_argument("--calibration", metavar="DIR", help="images for data-aware fitting / calibration")
+    p.add_argument("--calibration-limit", type=int, default=32, metavar="N",
+                   help="calibration images used, spread over the folder (default 32)")
     p.add_argument("--budget", metavar="macs=F|params=F", help="allocate rewrites to meet a budget")
     p.add_argument("--eval-images", metavar="DIR", help="labelled images: report accuracy and agreement")
     p.add_argument("--tuning-records", metavar="FILE", help="apply a tuning database")

@@ -151,3 +151,29 @@ def test_sequential_refit_and_heldout_sensitivity_on_small_model():
             assert not refitted
     if len(plan.entries) > 1:
         assert errs[True] <= errs[False] * 1.02, errs
+
+
+@pytest.mark.timeout(900)
+def test_cli_compile_with_budget_end_to_end(tmp_path):
+    """`sqcc compile squeezenet1.1 --budget macs=F --calibration DIR --eval-images DIR`: the plan is
+    allocated (held-out sensitivity), realised with the sequential refit, reported and stored in the
+    package, which loads and runs like any other."""
+    import json
+    import tarfile
+
+    from conftest import run_cli
+
+    p = run_cli("compile", "squeezenet1.1", "--budget", "macs=0.95", "--calibration", IMAGES,
+                "--calibration-limit", "8", "--eval-images", IMAGES, "-o", tmp_path / "c.tar",
+                check=0, env={"TVM_NUM_THREADS": "2"})
+    assert "refitted to the rewritten model's inputs" in p.stdout  # the sequential refit ran
+    with tarfile.open(tmp_path / "c.tar") as t:
+        report = json.load(t.extractfile("report.json"))
+        manifest = json.load(t.extractfile("manifest.json"))
+    plan = report["budget"]
+    assert plan["fit"] == "data" and plan["sensitivity"] and plan["achieved"] <= 0.95
+    after, before = report["after"]["totals"]["macs"], report["before"]["totals"]["macs"]
+    assert after <= 0.95 * before
+    assert [x["spec"] for x in manifest["passes"]][:len(plan["passes"])] == plan["passes"]
+    r = run_cli("run", tmp_path / "c.tar", "--image", IMAGES / "000_tench.jpg", "--print-top", "1", check=0)
+    assert "1. class" in r.stdout
