@@ -249,13 +249,16 @@ def test_schedule_pass_reports_rules_and_skips_nothing_buildable():
 
 
 def test_avx2_schedules_run_correctly_where_the_host_has_avx2():
-    """The 8-lane / 16-register tiles (AVX2 CI machines), run here if this CPU can execute them."""
+    """The 8-lane / 16-register tiles (AVX2 CI machines): always built; run and checked against
+    onnxruntime wherever this CPU can execute them (every x86 CI machine), never skipped."""
     from sqcc.targets.host import detect
 
-    if not {"avx2", "fma"} <= set(detect().features):
-        pytest.skip("host cannot run AVX2 code")
     target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
-    out, ref = _run_both(_conv_model(k=3, pad=1, c=8, o=24, h=13, w=13, pool="max"), target)
+    model = _conv_model(k=3, pad=1, c=8, o=24, h=13, w=13, pool="max")
+    if not {"avx2", "fma"} <= set(detect().features):  # e.g. an aarch64 host: codegen only
+        assert build(_import(model)[0], target) is not None
+        return
+    out, ref = _run_both(model, target)
     assert _rel_err(out, ref) <= RTOL
 
 
