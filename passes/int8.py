@@ -140,12 +140,17 @@ class QParams:
         return 255 if self.dtype == "uint8" else 127
 
 
-def quantize_weight(w: np.ndarray):
-    """Per-output-channel symmetric int8: (w_q int8, scale per channel)."""
+# |w_q| bound per weight_bits: 8 → ±127; 7 → ±64, the most that keeps AVX2 vpmaddubsw exact
+# (a uint8 activation pair times ±64 sums to at most 2·255·64 = 32640 ≤ 32767, no int16 saturation)
+WEIGHT_QMAX = {8: 127, 7: 64}
+
+
+def quantize_weight(w: np.ndarray, qmax: int = 127):
+    """Per-output-channel symmetric int8, |w_q| ≤ qmax: (w_q int8, scale per channel)."""
     w = np.asarray(w, np.float32)
     amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-    s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.round(w / s.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
+    s = np.where(amax > 0, amax / float(qmax), 1.0).astype(np.float32)
+    q = np.clip(np.round(w / s.reshape((-1,) + (1,) * (w.ndim - 1))), -qmax, qmax).astype(np.int8)
     return q, s
 
 
@@ -362,7 +367,7 @@ def _bias_correction(unit: Unit, w_dq: np.ndarray, acts: np.ndarray, qin: QParam
 
 
 def quantize_module(mod, activations: dict, method: str = "entropy", keep=(), percentile: float = 99.99,
-                    bias_correction: bool = True, records: list | None = None):
+                    bias_correction: bool = True, records: list | None = None, weight_bits: int = 8):
     """The int8 rewrite of ``mod``'s main (see the module docstring). ``activations``:
     {layer name: float input activations of that layer on calibration data}."""
     from tvm import relax
@@ -478,7 +483,8 @@ def quantize_module(mod, activations: dict, method: str = "entropy", keep=(), pe
         def emit_unit(self, u: Unit):
             qin = need[u.data]
             xq = self.get_q(u.data, qin)
-            wq, sw = quantize_weight(u.weight if u.kind == "conv" else u.weight.T)
+            wq, sw = quantize_weight(u.weight if u.kind == "conv" else u.weight.T,
+                                     WEIGHT_QMAX[weight_bits])
             if u.kind == "matmul":
                 wq, w_dq = np.ascontiguousarray(wq.T), (wq.astype(np.float32) * sw[:, None]).T
             else:
@@ -495,7 +501,8 @@ def quantize_module(mod, activations: dict, method: str = "entropy", keep=(), pe
             shape = _chan_shape(u, n)
             lo_f, hi_f = u.act if u.act is not None else (None, None)
             outq = need.get(u.out)
-            detail = f"in {qin.dtype} (scale {qin.scale:.4g})"
+            detail = f"in {qin.dtype} (scale {qin.scale:.4g})" + (
+                f", weights |w| ≤ {WEIGHT_QMAX[weight_bits]}" if weight_bits != 8 else "")
             if outq is not None:
                 lo, hi = outq.lo, outq.hi
                 if lo_f is not None:
@@ -563,11 +570,14 @@ def activations_for(mod, context: PassContext) -> dict:
               Param("keep", list, [], "layers left in float (e.g. keep=conv0,conv25)"),
               Param("percentile", float, 99.99, "percentile for calibration=percentile"),
               Param("bias_correction", bool, True, "shift biases by the mean quantisation error"),
+              Param("weight_bits", str, "auto", "8 (|w|≤127), 7 (|w|≤64: exact with AVX2 "
+                    "vpmaddubsw), or auto: 7 on x86 CPUs with AVX2 but no VNNI, else 8",
+                    ("auto", "8", "7")),
           ])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.int8")
 class Int8:
     def __init__(self, context=None, calibration="entropy", keep=(), percentile=99.99,
-                 bias_correction=True):
+                 bias_correction=True, weight_bits="auto"):
         if calibration not in METHODS:
             raise SqccError(f"int8: calibration={calibration}: expected one of {', '.join(METHODS)}")
         if not 0 < float(percentile) <= 100:
@@ -577,6 +587,13 @@ class Int8:
         self.keep = [str(k) for k in (keep or [])]
         self.percentile = float(percentile)
         self.bias_correction = bool(bias_correction)
+        if str(weight_bits) not in ("auto", "7", "8"):
+            raise SqccError(f"int8: weight_bits={weight_bits}: expected auto, 7 or 8")
+        if str(weight_bits) == "auto":
+            # the compile target's int8 path (sqcc.api puts it in the context): AVX2 without VNNI
+            # multiplies u8×s8 pairs into int16 (vpmaddubsw), exact only with |w| ≤ 64
+            weight_bits = 7 if self.context.extra.get("int8_isa") == "avx2" else 8
+        self.weight_bits = int(weight_bits)
 
     def transform_module(self, mod, _ctx):
         names = layer_names(mod)
@@ -586,7 +603,7 @@ class Int8:
                             f"layers: {', '.join(names)}")
         acts = activations_for(mod, self.context)
         return quantize_module(mod, acts, self.calibration, self.keep, self.percentile,
-                               self.bias_correction, self.context.records)
+                               self.bias_correction, self.context.records, self.weight_bits)
 
 
 # ------------------------------------------------------------------------------------ sensitivity

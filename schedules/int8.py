@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 VNNI_INTRIN = "sqcc_dot_16x4_vnni"
 ISA_ATTR = "sqcc.int8_isa"
 AVX2_INTRIN = {"uint8": "sqcc_dot_8x2_avx2_u8", "int8": "sqcc_dot_8x2_avx2_s8"}
+AVX2_U7_INTRIN = "sqcc_dot_8x4_avx2_ubsw"
+# a function attribute: the largest |w| of the constant int8 weights every call passes to a kernel
+WMAX_ATTR = "sqcc.int8_weight_absmax"
+UBSW_WMAX = 64  # vpmaddubsw is exact iff 2·255·|w| ≤ 32767
 ARM_INTRIN = {"uint8": "sqcc_dot_4x4_usdot", "int8": "sqcc_dot_4x4_sdot"}
 _registered = False
 
@@ -120,6 +124,10 @@ def _register_intrinsics():
                 TensorIntrin.register(name, *make(adt))
             except Exception:  # already registered
                 pass
+    try:
+        TensorIntrin.register(AVX2_U7_INTRIN, *_avx2_dot_8x4_ubsw())
+    except Exception:  # already registered
+        pass
     _registered = True
 
 
@@ -164,6 +172,62 @@ def _avx2_dot_8x2(adt: str):
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, b16, dtype="int32x8")
 
     return _dot_desc(adt, 8, 2), impl
+
+
+def _avx2_dot_8x4_ubsw():
+    """(desc, impl) of C[0:8] += Σ_k A[k]·B[0:8, k], k < 4, A uint8, |B| ≤ 64: ``vpmaddubsw`` (u8·s8
+    pairs into int16 -- exact for |B| ≤ 64, see :data:`UBSW_WMAX`) then ``vpmaddwd`` by ones (pairs of
+    int16 into int32): 32 MACs in two instructions, vs 16 in three for the int16 route."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                              dtype="int8x32")  # LLVM types both operands <32 x i8>
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                                            a, B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
+                T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+    return _dot_desc("uint8", 8, 4), impl
+
+
+def annotate_weight_range(mod):
+    """Mark every kernel whose calls all pass constant int8 weights with the largest |w| among them
+    (:data:`WMAX_ATTR`), so :func:`schedule_int8` can tell when ``vpmaddubsw`` is exact."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from ..layers import is_const
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    wmax: dict = {}
+
+    def visit(e):
+        if not (isinstance(e, relax.Call) and e.op.same_as(call_tir)):
+            return
+        gv, args = e.args[0], getattr(e.args[1], "fields", [])
+        consts = [a.value.numpy() for a in args if is_const(a)]
+        m = max((int(np.abs(c.astype(np.int32)).max()) for c in consts if c.dtype == np.int8 and c.size),
+                default=None)
+        prev = wmax.get(gv.name_hint, 0)
+        wmax[gv.name_hint] = None if m is None or prev is None else max(prev, m)
+
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    for gv in list(mod.get_global_vars()):
+        m = wmax.get(gv.name_hint)
+        func = mod[gv]
+        if m is not None and isinstance(func, tirx.PrimFunc) and is_int8_function(func):
+            mod[gv] = func.with_attr(WMAX_ATTR, m)
+    return mod
 
 
 def _has(features, target) -> bool:
@@ -220,6 +284,7 @@ def is_int8_function(func: tirx.PrimFunc) -> bool:
 KERNELS = {
     "vnni": (16, 4, 24, {"uint8": VNNI_INTRIN}),  # 32 zmm: 24 accumulators
     "avx2": (8, 2, 12, AVX2_INTRIN),  # 16 ymm: 12 accumulators, weights, broadcast, temporaries
+    "avx2_ubsw": (8, 4, 12, {"uint8": AVX2_U7_INTRIN}),  # the same registers; |w| ≤ 64 only
     "i8mm": (4, 4, 24, ARM_INTRIN),  # 32 NEON registers: usdot (uint8) and sdot (int8)
     "dotprod": (4, 4, 24, {"int8": ARM_INTRIN["int8"]}),  # sdot only
 }
@@ -342,8 +407,10 @@ def schedule_int8(func: tirx.PrimFunc, info=None, target: Target | None = None):
     if main is None:
         return None
     isa = int8_isa(target)
+    wmax = func.attrs.get(WMAX_ATTR) if func.attrs is not None else None
+    ubsw = ("avx2_ubsw",) if wmax is not None and int(wmax) <= UBSW_WMAX else ()
     # a VNNI CPU also has AVX2: its vpmaddwd kernel takes what vpdpbusd cannot (int8 activations)
-    for kernel in {"vnni": ("vnni", "avx2"), "avx2": ("avx2",), "i8mm": ("i8mm",),
+    for kernel in {"vnni": ("vnni", "avx2"), "avx2": ubsw + ("avx2",), "i8mm": ("i8mm",),
                    "dotprod": ("dotprod",)}.get(isa, ()):
         try:
             _register_intrinsics()

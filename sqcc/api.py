@@ -65,6 +65,10 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
                                           "totals": layers.totals(before)}}
     pass_specs = [passes] if isinstance(passes, str) else list(passes or [])
     ctx = passes_mod.PassContext(force=force)
+    if spec.family in ("host", "arm_cpu"):
+        from .schedules.int8 import int8_isa
+
+        ctx.extra["int8_isa"] = int8_isa(spec.tvm())  # the int8 pass fits its weights to it
     calib_feeds = None
     if calibration is not None:
         from .calibrate import calibration_feeds, collect_activations
@@ -160,12 +164,19 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         from .schedules.int8 import int8_isa
 
         isa = int8_isa(spec.tvm())
-        if isa in ("avx2", "portable", "dotprod"):
+        wbits = {int(getattr(p, "weight_bits", 8)) for p in pass_objs if hasattr(p, "weight_bits")}
+        note = None
+        if isa == "avx2" and wbits == {7}:
+            note = (f"{spec.name} has AVX2 but no AVX-512 VNNI: int8 convs use vpmaddubsw, exact only for "
+                    f"weights |w| <= 64, so weights were quantised to 7 bits (int8:weight_bits=auto); "
+                    f"int8:weight_bits=8 keeps 8-bit weights on the slower vpmaddwd kernels")
+        elif isa in ("avx2", "portable", "dotprod"):
             # say so rather than let a user believe int8 is faster everywhere
             note = (f"{spec.name} has no dot-product instruction for uint8 x int8 (AVX-512 VNNI, ARM i8mm): "
                     f"its int8 kernels use {'vpmaddwd' if isa == 'avx2' else 'generic integer SIMD'}; "
-                    f"expect no speed-up over fp32 (an AVX2-only build measured 0.84x the speed of fp32); "
-                    f"int8 saves memory here, not time")
+                    f"expect no speed-up over fp32 (an AVX2-only build with 8-bit weights measured 0.84x "
+                    f"the speed of fp32); int8 saves memory here, not time")
+        if note:
             report.setdefault("notes", []).append(note)
             print(f"sqcc: note: {note}", file=sys.stderr)
     pkg = Package(ex, manifest, report, source=m.source)

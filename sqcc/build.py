@@ -8,7 +8,9 @@
 3. MetaSchedule records, when ``tuning_records`` names a database: tuned kernels replace the
    legalized ones (``MetaScheduleApplyDatabase``);
 4. sqcc's default schedules for every kernel still unscheduled (:class:`DefaultSchedules`);
-5. ``relax.build`` (the default VM lowering + LLVM).
+5. concat elimination (:mod:`sqcc.schedules.concat`): the producers of a concatenate write straight
+   into their slices of its output (llvm targets; ``SQCC_CONCAT_ELIMINATION=0`` turns it off);
+6. ``relax.build`` (the default VM lowering + LLVM).
 """
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def schedule(mod: tvm.IRModule, target, tuning_records: str | None = None,
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         if default_schedules and _is_cpu(target):
             from sqcc.schedules import DefaultSchedules
-            mod = DefaultSchedules(target)(mod)
+            from sqcc.schedules.int8 import annotate_weight_range
+            mod = DefaultSchedules(target)(annotate_weight_range(mod))
     return mod
 
 
@@ -121,6 +124,9 @@ def build(mod: tvm.IRModule, target, tuning_records: str | None = None):
 
     # int8 VNNI kernels read weights in a blocked layout: pack them once here, not on every call.
     scheduled = prepack_weights(scheduled, target)
+    if target.kind.name == "llvm" and os.environ.get("SQCC_CONCAT_ELIMINATION", "1") != "0":
+        from .schedules.concat import EliminateConcat
+        scheduled = EliminateConcat()(scheduled)
     try:
         with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
             return relax.build(scheduled, target)

@@ -77,11 +77,13 @@ def test_int8_kernels_are_integer(squeeze):
         assert sum(r == f"int8-{isa}" for r in ds.applied.values()) >= 10, ds.applied
 
 
-def _int8_conv_module(adt, c=16, o=32, hw=13, k=3, pad=1):
+def _int8_conv_module(adt, c=16, o=32, hw=13, k=3, pad=1, wmax=128):
     import tvm  # noqa: F401
     from tvm import relax
 
-    wt = np.random.default_rng(0).integers(-128, 128, (o, c, k, k)).astype("int8")
+    wt = np.random.default_rng(0).integers(-wmax, wmax, (o, c, k, k)).astype("int8")
+    if wmax < 128:  # the extreme weights, at the positions the extreme activations meet
+        wt[:, :, 0, 0] = np.where(np.arange(o)[:, None] % 2, wmax, -wmax)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, c, hw, hw), adt))
     with bb.function("main", [x]):
@@ -92,21 +94,27 @@ def _int8_conv_module(adt, c=16, o=32, hw=13, k=3, pad=1):
     return bb.get(), wt
 
 
-@pytest.mark.parametrize("adt", ["uint8", "int8"])
-def test_avx2_int8_kernel_is_exact_and_uses_vpmaddwd(adt):
-    """An AVX2-only CPU (haswell) gets the vpmaddwd kernel: bit-exact on full-range 8-bit data (no
-    vpmaddubsw saturation), 256-bit registers only. Every x86 CI machine can run AVX2 code."""
+@pytest.mark.parametrize("adt,wmax,rule,instr", [
+    ("uint8", 128, "int8-avx2", "vpmaddwd"),  # full-range weights: the int16 route
+    ("int8", 128, "int8-avx2", "vpmaddwd"),
+    ("uint8", 65, "int8-avx2", "vpmaddwd"),  # |w| = 65 could saturate vpmaddubsw: not used
+    ("uint8", 64, "int8-avx2_ubsw", "vpmaddubsw"),  # weight_bits=7: u8·s8 pairs, exact
+])
+def test_avx2_int8_kernel_is_exact(adt, wmax, rule, instr):
+    """An AVX2-only CPU (haswell) gets vpmaddubsw when every weight has |w| ≤ 64 (2·255·64 ≤ 32767,
+    no int16 saturation), else the vpmaddwd kernel; both bit-exact on extreme 8-bit data, 256-bit
+    registers only. Every x86 CI machine can run AVX2 code."""
     import tvm
     from tvm import relax
 
     from sqcc.build import build, schedule
     from sqcc.schedules import RULE_ATTR
 
-    mod, wt = _int8_conv_module(adt)
+    mod, wt = _int8_conv_module(adt, wmax=wmax)
     target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
     rules = [str(f.attrs[RULE_ATTR]) for _, f in schedule(mod, target).functions_items()
              if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs]
-    assert "int8-avx2" in rules, rules
+    assert rule in rules, rules
     ex = build(mod, target)
     lo, hi = (0, 256) if adt == "uint8" else (-128, 128)
     x = np.random.default_rng(1).integers(lo, hi, (1, 16, 13, 13)).astype(adt)
@@ -123,7 +131,45 @@ def test_avx2_int8_kernel_is_exact_and_uses_vpmaddwd(adt):
             yield from modules(i)
 
     asm = "".join(m.inspect_source("asm") for m in modules(ex.mod) if m.kind == "llvm")
-    assert "vpmaddwd" in asm and "zmm" not in asm
+    assert instr in asm and "zmm" not in asm
+
+
+def test_avx2_gets_7bit_weights_and_vpmaddubsw(squeeze):
+    """weight_bits=auto resolves to 7 for an AVX2-only target; the 7-bit SqueezeNet then runs every
+    fitting conv on the vpmaddubsw kernel (haswell build, runs on any AVX2 machine) and still agrees
+    with fp32 on held-out images."""
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from sqcc import passes
+    from sqcc.build import build, schedule
+    from sqcc.passes.int8 import quantize_module
+    from sqcc.preprocess import list_images, load_image
+    from sqcc.schedules import RULE_ATTR
+
+    for isa, bits in (("avx2", 7), ("vnni", 8), ("i8mm", 8), (None, 8)):
+        ctx = passes.PassContext()
+        if isa:
+            ctx.extra["int8_isa"] = isa
+        assert passes.create("int8", ctx).weight_bits == bits, isa
+    assert passes.create("int8:weight_bits=8", passes.PassContext(extra={"int8_isa": "avx2"})).weight_bits == 8
+
+    m, _, acts, _ = squeeze
+    records = []
+    q = quantize_module(m.mod, acts, "entropy", records=records, weight_bits=7)
+    assert all("|w| ≤ 64" in r.detail for r in records if r.applied)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    rules = [str(f.attrs[RULE_ATTR]) for _, f in schedule(q, target).functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs]
+    assert rules.count("int8-avx2_ubsw") >= 10 and "int8-avx2" not in rules, rules
+    vm = relax.VirtualMachine(build(q, target), tvm.cpu())
+    sess = ort.InferenceSession(m.source, providers=["CPUExecutionProvider"])
+    files = list_images(IMAGES)[1::20]  # 10 images, none of them calibration images
+    agree = sum(int(vm["main"](tvm.runtime.tensor(x)).numpy().argmax() ==
+                    sess.run(None, {"data": x})[0].argmax())
+                for x in (load_image(f, m.preprocess) for f in files))
+    assert agree >= 8, f"7-bit int8 top-1 agreement {agree}/{len(files)}"
 
 
 def test_calibration_methods_ranges(squeeze):

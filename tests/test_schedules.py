@@ -459,3 +459,47 @@ def test_revalidate_pins_one_winner_per_kernel_and_build_uses_it(tmp_path):
     y = relax.VirtualMachine(build(mod, target, tuning_records=str(records)), tvm.cpu())["main"](
         tvm.runtime.tensor(x)).numpy()
     assert _rel_err(y, ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]) <= RTOL
+
+
+def test_tuning_works_on_rewritten_kernels(tmp_path):
+    """The kernels the rewrites produce -- depthwise, grouped, int8 (uint8 x int8 -> int32), XNOR --
+    go through `tune` and the tuned build: every conv gets records (sqcc's default schedule among
+    them), and the tuned model computes what the untuned one does."""
+    from sqcc.passes.binary import Binary
+
+    rng = np.random.default_rng(0)
+    f32 = lambda a: relax.const(np.asarray(a, np.float32))  # noqa: E731
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 10, 10), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            dw = bb.emit(relax.op.nn.conv2d(x, f32(rng.standard_normal((16, 1, 3, 3))), padding=1,
+                                            groups=16), "conv_dw")
+            g = bb.emit(relax.op.nn.conv2d(dw, f32(rng.standard_normal((32, 4, 1, 1))), groups=4),
+                        "conv_grouped")
+            q = bb.emit(relax.op.astype(relax.op.clip(relax.op.round(relax.op.multiply(
+                relax.op.nn.relu(g), f32(4.0))), 0, 255), "uint8"))
+            wq = rng.integers(-127, 128, (32, 32, 3, 3)).astype(np.int8)
+            i = bb.emit(relax.op.nn.conv2d(q, relax.const(wq), padding=1, out_dtype="int32"),
+                        "conv_int8")
+            y = bb.emit(relax.op.nn.conv2d(relax.op.astype(i, "float32"),
+                                           f32(rng.standard_normal((16, 32, 3, 3))), padding=1),
+                        "conv_last")
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = Binary(mode="xnor", skip=["conv_dw", "conv_grouped"])(bb.get())  # conv_last only
+    target = host_target()
+    records = tmp_path / "rw.json"
+    tune(mod, target, 8, str(records), num_trials_per_iter=2, search_strategy="replay-trace",
+         cost_model="random", progress=False)
+    scheduled = schedule(mod, target, tuning_records=str(records))
+    rules = {gv.name_hint: str(f.attrs[RULE_ATTR]) for gv, f in scheduled.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs}
+    convs = {k: v for k, v in rules.items() if "conv2d" in k}
+    assert len(convs) >= 3 and all(v == "database" for v in convs.values()), rules
+    assert any(v == "binary" for v in rules.values()), rules  # XNOR kernels: sqcc's own schedule
+    xv = tvm.runtime.tensor(rng.standard_normal((1, 16, 10, 10)).astype(np.float32))
+    tuned = relax.VirtualMachine(build(mod, target, tuning_records=str(records)), tvm.cpu())
+    plain = relax.VirtualMachine(build(mod, target), tvm.cpu())
+    a, b = tuned["main"](xv).numpy(), plain["main"](xv).numpy()
+    assert _rel_err(a, b) <= 1e-3  # float reassociation may move a uint8 rounding by one step
