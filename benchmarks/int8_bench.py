@@ -134,7 +134,7 @@ def main(argv=None):
         t2 = tvm.target.Target({"kind": "llvm", "mcpu": a.mcpu, "num-cores": threads})
         # what `sqcc compile --pass int8` does for that CPU (weight_bits=auto): 7-bit weights on
         # AVX2-only CPUs (vpmaddubsw), and the 8-bit build (vpmaddwd) next to it
-        bits = [7, 8] if int8_isa(t2) == "avx2" else [8]
+        bits = [7, 8] if int8_isa(t2) in ("avx2", "avx512") else [8]
         vm_f2 = relax.VirtualMachine(build(m.mod, t2), tvm.cpu())
         fns[f"sqcc_fp32_{a.mcpu}"] = lambda: vm_f2["main"](xt)
         for wb in bits:

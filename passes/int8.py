@@ -570,8 +570,8 @@ def activations_for(mod, context: PassContext) -> dict:
               Param("keep", list, [], "layers left in float (e.g. keep=conv0,conv25)"),
               Param("percentile", float, 99.99, "percentile for calibration=percentile"),
               Param("bias_correction", bool, True, "shift biases by the mean quantisation error"),
-              Param("weight_bits", str, "auto", "8 (|w|≤127), 7 (|w|≤64: exact with AVX2 "
-                    "vpmaddubsw), or auto: 7 on x86 CPUs with AVX2 but no VNNI, else 8",
+              Param("weight_bits", str, "auto", "8 (|w|≤127), 7 (|w|≤64: exact with "
+                    "vpmaddubsw), or auto: 7 on x86 CPUs with AVX2/AVX-512 but no VNNI, else 8",
                     ("auto", "8", "7")),
           ])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.int8")
@@ -592,7 +592,7 @@ class Int8:
         if str(weight_bits) == "auto":
             # the compile target's int8 path (sqcc.api puts it in the context): AVX2 without VNNI
             # multiplies u8×s8 pairs into int16 (vpmaddubsw), exact only with |w| ≤ 64
-            weight_bits = 7 if self.context.extra.get("int8_isa") == "avx2" else 8
+            weight_bits = 7 if self.context.extra.get("int8_isa") in ("avx2", "avx512") else 8
         self.weight_bits = int(weight_bits)
 
     def transform_module(self, mod, _ctx):

@@ -14,8 +14,13 @@ Dispatch (:func:`schedule_int8`, called first by :func:`sqcc.schedules.apply.sch
   widened to int16 in a register (a broadcast pair), weights sign-extended from int8 as they are
   loaded. Exact for full-range uint8 *and* int8 activations: each int16 product pair sums to at
   most 2·255·128 < 2³¹. (``vpmaddubsw``, which ORT's AVX2 path uses, adds u8·s8 pairs into a
-  saturating int16 -- 255·127·2 > 32767 -- so it is only exact with 7-bit weights; we keep 8 bits.)
+  saturating int16 -- 255·127·2 > 32767 -- so it is only exact with 7-bit weights: next item.)
   Needs C % 2 == 0 and O % 8 == 0;
+* **x86 without VNNI, 7-bit weights** (every weight of the kernel |w| ≤ 64, what ``int8:weight_bits=7``
+  -- the default on such CPUs -- emits; :func:`annotate_weight_range` marks the kernels):
+  ``vpmaddubsw`` + ``vpmaddwd`` by ones (``_dot_ubsw``), 8 (AVX2) or 16 (AVX-512BW) output channels
+  × 4 input channels per pair of instructions, the VNNI kernel's layout. Needs uint8 activations,
+  C % 4 == 0 and O % L == 0;
 * **AArch64** ``+dotprod`` (Neoverse N1/Graviton2, Cortex-A55/A76 and later): ``sdot`` --
   4 output channels × 4 input channels per instruction -- for int8 activations (int8 TFLite models);
   ``+i8mm`` (Graviton3, Cortex-A710 and later): ``usdot`` for the uint8 post-ReLU activations sqcc's
@@ -47,6 +52,7 @@ VNNI_INTRIN = "sqcc_dot_16x4_vnni"
 ISA_ATTR = "sqcc.int8_isa"
 AVX2_INTRIN = {"uint8": "sqcc_dot_8x2_avx2_u8", "int8": "sqcc_dot_8x2_avx2_s8"}
 AVX2_U7_INTRIN = "sqcc_dot_8x4_avx2_ubsw"
+AVX512_U7_INTRIN = "sqcc_dot_16x4_avx512_ubsw"
 # a function attribute: the largest |w| of the constant int8 weights every call passes to a kernel
 WMAX_ATTR = "sqcc.int8_weight_absmax"
 UBSW_WMAX = 64  # vpmaddubsw is exact iff 2·255·|w| ≤ 32767
@@ -124,10 +130,11 @@ def _register_intrinsics():
                 TensorIntrin.register(name, *make(adt))
             except Exception:  # already registered
                 pass
-    try:
-        TensorIntrin.register(AVX2_U7_INTRIN, *_avx2_dot_8x4_ubsw())
-    except Exception:  # already registered
-        pass
+    for name, lanes in ((AVX2_U7_INTRIN, 8), (AVX512_U7_INTRIN, 16)):
+        try:
+            TensorIntrin.register(name, *_dot_ubsw(lanes))
+        except Exception:  # already registered
+            pass
     _registered = True
 
 
@@ -174,27 +181,32 @@ def _avx2_dot_8x2(adt: str):
     return _dot_desc(adt, 8, 2), impl
 
 
-def _avx2_dot_8x4_ubsw():
-    """(desc, impl) of C[0:8] += Σ_k A[k]·B[0:8, k], k < 4, A uint8, |B| ≤ 64: ``vpmaddubsw`` (u8·s8
+def _dot_ubsw(lanes: int):
+    """(desc, impl) of C[0:L] += Σ_k A[k]·B[0:L, k], k < 4, A uint8, |B| ≤ 64: ``vpmaddubsw`` (u8·s8
     pairs into int16 -- exact for |B| ≤ 64, see :data:`UBSW_WMAX`) then ``vpmaddwd`` by ones (pairs of
-    int16 into int32): 32 MACs in two instructions, vs 16 in three for the int16 route."""
+    int16 into int32): 4L MACs in two instructions, vs 2L in three for the int16 route. L = 8 (AVX2,
+    ymm) or 16 (AVX-512BW, zmm: CPUs with AVX-512 but no VNNI, e.g. Skylake-SP)."""
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-            T.writes(C[0:8])
-            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
-                              dtype="int8x32")  # LLVM types both operands <32 x i8>
-            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                                            a, B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
-                T.broadcast(T.int16(1), 16), dtype="int32x8")
+    nb = 4 * lanes
+    ubsw, wd = (("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd") if lanes == 8 else
+                ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512"))
 
-    return _dot_desc("uint8", 8, 4), impl
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), lanes),
+                              dtype=f"int8x{nb}")  # LLVM types both operands <4L x i8>
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(ubsw), a,
+                                            B.vload([0, 0], dtype=f"int8x{nb}"), dtype=f"int16x{2 * lanes}")
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(wd), pairs, T.broadcast(T.int16(1), 2 * lanes),
+                dtype=f"int32x{lanes}")
+
+    return _dot_desc("uint8", lanes, 4), impl
 
 
 def annotate_weight_range(mod):
@@ -239,7 +251,8 @@ def _has(features, target) -> bool:
 
 def int8_isa(target: Target | None = None) -> str:
     """The best int8 dot-product path for ``target`` (the current target by default):
-    ``"vnni"``, ``"avx2"``, ``"i8mm"``, ``"dotprod"`` or ``"portable"``."""
+    ``"vnni"``, ``"avx512"`` (AVX-512BW without VNNI), ``"avx2"``, ``"i8mm"``, ``"dotprod"`` or
+    ``"portable"``."""
     target = target or Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
         return "portable"
@@ -247,6 +260,8 @@ def int8_isa(target: Target | None = None) -> str:
     if triple.startswith(("x86_64", "i686")):
         if _has(["avx512vnni"], target):
             return "vnni"
+        if _has(["avx512bw"], target):
+            return "avx512"
         if _has(["avx2"], target):
             return "avx2"
     if triple.startswith(("aarch64", "arm64")):
@@ -285,6 +300,7 @@ KERNELS = {
     "vnni": (16, 4, 24, {"uint8": VNNI_INTRIN}),  # 32 zmm: 24 accumulators
     "avx2": (8, 2, 12, AVX2_INTRIN),  # 16 ymm: 12 accumulators, weights, broadcast, temporaries
     "avx2_ubsw": (8, 4, 12, {"uint8": AVX2_U7_INTRIN}),  # the same registers; |w| ≤ 64 only
+    "avx512_ubsw": (16, 4, 24, {"uint8": AVX512_U7_INTRIN}),  # 32 zmm; |w| ≤ 64 only
     "i8mm": (4, 4, 24, ARM_INTRIN),  # 32 NEON registers: usdot (uint8) and sdot (int8)
     "dotprod": (4, 4, 24, {"int8": ARM_INTRIN["int8"]}),  # sdot only
 }
@@ -408,10 +424,12 @@ def schedule_int8(func: tirx.PrimFunc, info=None, target: Target | None = None):
         return None
     isa = int8_isa(target)
     wmax = func.attrs.get(WMAX_ATTR) if func.attrs is not None else None
-    ubsw = ("avx2_ubsw",) if wmax is not None and int(wmax) <= UBSW_WMAX else ()
+    exact7 = wmax is not None and int(wmax) <= UBSW_WMAX  # vpmaddubsw cannot saturate
     # a VNNI CPU also has AVX2: its vpmaddwd kernel takes what vpdpbusd cannot (int8 activations)
-    for kernel in {"vnni": ("vnni", "avx2"), "avx2": ubsw + ("avx2",), "i8mm": ("i8mm",),
-                   "dotprod": ("dotprod",)}.get(isa, ()):
+    for kernel in {"vnni": ("vnni", "avx2"),
+                   "avx512": (("avx512_ubsw", "avx2_ubsw") if exact7 else ()) + ("avx2",),
+                   "avx2": (("avx2_ubsw",) if exact7 else ()) + ("avx2",),
+                   "i8mm": ("i8mm",), "dotprod": ("dotprod",)}.get(isa, ()):
         try:
             _register_intrinsics()
             sch = Schedule(func)

@@ -166,14 +166,14 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         isa = int8_isa(spec.tvm())
         wbits = {int(getattr(p, "weight_bits", 8)) for p in pass_objs if hasattr(p, "weight_bits")}
         note = None
-        if isa == "avx2" and wbits == {7}:
-            note = (f"{spec.name} has AVX2 but no AVX-512 VNNI: int8 convs use vpmaddubsw, exact only for "
+        if isa in ("avx2", "avx512") and wbits == {7}:
+            note = (f"{spec.name} has {isa.upper()} but no VNNI: int8 convs use vpmaddubsw, exact only for "
                     f"weights |w| <= 64, so weights were quantised to 7 bits (int8:weight_bits=auto); "
                     f"int8:weight_bits=8 keeps 8-bit weights on the slower vpmaddwd kernels")
-        elif isa in ("avx2", "portable", "dotprod"):
+        elif isa in ("avx2", "avx512", "portable", "dotprod"):
             # say so rather than let a user believe int8 is faster everywhere
             note = (f"{spec.name} has no dot-product instruction for uint8 x int8 (AVX-512 VNNI, ARM i8mm): "
-                    f"its int8 kernels use {'vpmaddwd' if isa == 'avx2' else 'generic integer SIMD'}; "
+                    f"its int8 kernels use {'vpmaddwd' if isa.startswith('avx') else 'generic integer SIMD'}; "
                     f"expect no speed-up over fp32 (an AVX2-only build with 8-bit weights measured 0.84x "
                     f"the speed of fp32); int8 saves memory here, not time")
         if note:

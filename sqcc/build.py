@@ -84,7 +84,14 @@ def lower_to_tir(mod: tvm.IRModule, target: tvm.target.Target,
         relax.transform.FuseTIR(),
     ]
     with target:
-        return tvm.transform.Sequential(seq)(mod)
+        mod = tvm.transform.Sequential(seq)(mod)
+    if _is_cpu(target):
+        from sqcc.schedules.int8 import annotate_weight_range
+
+        # int8 kernels learn their weights' range (vpmaddubsw needs |w| <= 64); done here so that
+        # tuning tasks and built kernels are the same functions
+        mod = annotate_weight_range(mod)
+    return mod
 
 
 def schedule(mod: tvm.IRModule, target, tuning_records: str | None = None,
@@ -104,8 +111,7 @@ def schedule(mod: tvm.IRModule, target, tuning_records: str | None = None,
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         if default_schedules and _is_cpu(target):
             from sqcc.schedules import DefaultSchedules
-            from sqcc.schedules.int8 import annotate_weight_range
-            mod = DefaultSchedules(target)(annotate_weight_range(mod))
+            mod = DefaultSchedules(target)(mod)
     return mod
 
 

@@ -73,8 +73,9 @@ def test_int8_kernels_are_integer(squeeze):
         ds = DefaultSchedules(target)
         ds(low)
     isa = int8_isa(target)
-    if isa in ("vnni", "avx2"):
-        assert sum(r == f"int8-{isa}" for r in ds.applied.values()) >= 10, ds.applied
+    if isa in ("vnni", "avx2", "avx512"):  # 8-bit weights: AVX-512 without VNNI runs vpmaddwd (avx2)
+        rule = "int8-vnni" if isa == "vnni" else "int8-avx2"
+        assert sum(r == rule for r in ds.applied.values()) >= 10, ds.applied
 
 
 def _int8_conv_module(adt, c=16, o=32, hw=13, k=3, pad=1, wmax=128):
@@ -94,28 +95,42 @@ def _int8_conv_module(adt, c=16, o=32, hw=13, k=3, pad=1, wmax=128):
     return bb.get(), wt
 
 
-@pytest.mark.parametrize("adt,wmax,rule,instr", [
-    ("uint8", 128, "int8-avx2", "vpmaddwd"),  # full-range weights: the int16 route
-    ("int8", 128, "int8-avx2", "vpmaddwd"),
-    ("uint8", 65, "int8-avx2", "vpmaddwd"),  # |w| = 65 could saturate vpmaddubsw: not used
-    ("uint8", 64, "int8-avx2_ubsw", "vpmaddubsw"),  # weight_bits=7: u8·s8 pairs, exact
+@pytest.mark.parametrize("adt,wmax,mcpu,rule,instr", [
+    ("uint8", 128, "haswell", "int8-avx2", "vpmaddwd"),  # full-range weights: the int16 route
+    ("int8", 128, "haswell", "int8-avx2", "vpmaddwd"),
+    ("uint8", 65, "haswell", "int8-avx2", "vpmaddwd"),  # |w| = 65 could saturate vpmaddubsw: not used
+    ("uint8", 64, "haswell", "int8-avx2_ubsw", "vpmaddubsw"),  # weight_bits=7: u8·s8 pairs, exact
+    ("uint8", 64, "skylake-avx512", "int8-avx512_ubsw", "vpmaddubsw"),  # AVX-512BW, no VNNI: zmm
 ])
-def test_avx2_int8_kernel_is_exact(adt, wmax, rule, instr):
-    """An AVX2-only CPU (haswell) gets vpmaddubsw when every weight has |w| ≤ 64 (2·255·64 ≤ 32767,
-    no int16 saturation), else the vpmaddwd kernel; both bit-exact on extreme 8-bit data, 256-bit
-    registers only. Every x86 CI machine can run AVX2 code."""
+def test_x86_int8_kernel_is_exact(adt, wmax, mcpu, rule, instr):
+    """An x86 CPU without VNNI gets vpmaddubsw when every weight has |w| ≤ 64 (2·255·64 ≤ 32767, no
+    int16 saturation), else the vpmaddwd kernel; all bit-exact on extreme 8-bit data. haswell code
+    uses 256-bit registers only. Built always; run wherever this CPU can execute it (AVX2: every x86
+    CI machine; AVX-512BW: some), otherwise the generated assembly is still checked."""
     import tvm
     from tvm import relax
 
     from sqcc.build import build, schedule
     from sqcc.schedules import RULE_ATTR
+    from sqcc.targets.host import detect
 
     mod, wt = _int8_conv_module(adt, wmax=wmax)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
     rules = [str(f.attrs[RULE_ATTR]) for _, f in schedule(mod, target).functions_items()
              if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs]
     assert rule in rules, rules
     ex = build(mod, target)
+
+    def modules(m):
+        yield m
+        for i in m.imports:
+            yield from modules(i)
+
+    asm = "".join(m.inspect_source("asm") for m in modules(ex.mod) if m.kind == "llvm")
+    assert instr in asm and (("zmm" in asm) == (mcpu == "skylake-avx512"))
+    needs = {"avx2", "fma"} | ({"avx512f", "avx512bw"} if mcpu == "skylake-avx512" else set())
+    if not needs <= set(detect().features):
+        return  # this CPU cannot run it (e.g. AVX-512 code on an AVX2-only CI machine)
     lo, hi = (0, 256) if adt == "uint8" else (-128, 128)
     x = np.random.default_rng(1).integers(lo, hi, (1, 16, 13, 13)).astype(adt)
     x[0, :, 0, 0] = hi - 1  # the extreme products: 255·(−128) pairs must not saturate
@@ -124,14 +139,6 @@ def test_avx2_int8_kernel_is_exact(adt, wmax, rule, instr):
     ref = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + 13, j:j + 13], wt[:, :, i, j].astype(np.int64))
               for i in range(3) for j in range(3))
     np.testing.assert_array_equal(y, ref)
-
-    def modules(m):
-        yield m
-        for i in m.imports:
-            yield from modules(i)
-
-    asm = "".join(m.inspect_source("asm") for m in modules(ex.mod) if m.kind == "llvm")
-    assert instr in asm and "zmm" not in asm
 
 
 def test_avx2_gets_7bit_weights_and_vpmaddubsw(squeeze):
@@ -148,7 +155,7 @@ def test_avx2_gets_7bit_weights_and_vpmaddubsw(squeeze):
     from sqcc.preprocess import list_images, load_image
     from sqcc.schedules import RULE_ATTR
 
-    for isa, bits in (("avx2", 7), ("vnni", 8), ("i8mm", 8), (None, 8)):
+    for isa, bits in (("avx2", 7), ("avx512", 7), ("vnni", 8), ("i8mm", 8), (None, 8)):
         ctx = passes.PassContext()
         if isa:
             ctx.extra["int8_isa"] = isa
