@@ -84,3 +84,13 @@ def vectorize_innermost_own(sch: Schedule, block, anchor) -> None:
     own = own_loops(sch, block, anchor)
     if own:
         sch.vectorize(own[-1])
+
+
+def parallel_fused(sch: Schedule, loops: list, anchor):
+    """Fuse ``loops`` and run them in parallel; returns the loop to put inner work at afterwards:
+    the fused loop when ``anchor`` was one of them, else ``anchor``."""
+    if not loops:
+        return anchor
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(fused)
+    return fused if any(lp.same_as(anchor) for lp in loops) else anchor

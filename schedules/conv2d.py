@@ -30,7 +30,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule
 
 from .common import (COMM_REDUCE, DATA_PAR, divisors, has_condition, inline_spatial_except,
-                     iter_types, loop_extent, own_loops, vectorize_innermost_own)
+                     iter_types, loop_extent, own_loops, parallel_fused, vectorize_innermost_own)
 from .cpu import CpuInfo
 
 MAX_PI = 16  # unrolled pixels per tile: beyond this code size grows for no more reuse
@@ -306,12 +306,7 @@ def _schedule_conv(func: tirx.PrimFunc, info: CpuInfo, fuse: bool) -> Schedule:
         except Exception:  # noqa: BLE001
             sch.compute_inline(p)
 
-    anchor = tile_loop
-    if par_loops:
-        fused = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
-        sch.parallel(fused)
-        if any(lp.same_as(tile_loop) for lp in par_loops):
-            anchor = fused
+    anchor = parallel_fused(sch, par_loops, tile_loop)
     sch.vectorize(oi)
     if pi is not None:
         sch.unroll(pi)

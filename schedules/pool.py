@@ -11,7 +11,7 @@ from __future__ import annotations
 from tvm.s_tir import Schedule
 
 from .common import (COMM_REDUCE, inline_spatial_except, iter_types, loop_extent,
-                     vectorize_innermost_own)
+                     parallel_fused, vectorize_innermost_own)
 from .cpu import CpuInfo
 from .injective import PARALLEL_MIN_ELEMENTS
 
@@ -58,12 +58,7 @@ def schedule_pool(sch: Schedule, main, info: CpuInfo) -> None:
     par = outer + ([co] if outer_ext < 8 * info.num_cores else [])
     if work < PARALLEL_MIN_ELEMENTS:
         par = []  # too small to pay for a fork/join (see conv2d.PARALLEL_MIN_FLOPS)
-    anchor = co
-    if par:
-        fused = sch.fuse(*par) if len(par) > 1 else par[0]
-        sch.parallel(fused)
-        if any(lp.same_as(co) for lp in par):
-            anchor = fused
+    anchor = parallel_fused(sch, par, co)
     if r_loops:  # last: see conv2d.schedule_conv
         init = sch.decompose_reduction(main, r_loops[0])
         vectorize_innermost_own(sch, init, anchor)

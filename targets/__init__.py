@@ -52,6 +52,20 @@ class TargetSpec:
                 "rpc_key": self.rpc_key, "how_to_run": self.how_to_run, "how_to_measure": self.how_to_measure}
 
 
+def export_with(executable, path, what: str, **kwargs) -> str:
+    """``executable.export_library(path, **kwargs)``; a failed link is one SqccError naming ``what``
+    with the linker's last line."""
+    import os
+
+    path = os.fspath(path)
+    try:
+        executable.export_library(path, **kwargs)
+    except Exception as e:  # TVM raises RuntimeError/TVMError with the linker output
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        raise SqccError(f"linking {what} failed: {lines[-1] if lines else e}") from e
+    return path
+
+
 def host_spec() -> TargetSpec:
     from . import host
 

@@ -8,7 +8,6 @@ local farm's emulated aarch64 node (key ``aarch64``, qemu-user) runs it; its tim
 """
 from __future__ import annotations
 
-import os
 import shutil
 
 from sqcc.errors import SqccError
@@ -61,14 +60,11 @@ def export_library(executable, path, exe: str = CROSS_CXX) -> str:
     """Link a built Relax executable (or runtime module) into an aarch64 ``.so`` with the cross compiler."""
     from tvm.support import cc
 
+    from . import export_with
+
     find_cross_compiler(exe)
-    path = os.fspath(path)
-    try:
-        executable.export_library(path, fcompile=cc.cross_compiler(exe))
-    except Exception as e:  # TVM raises RuntimeError/TVMError with the linker output
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise SqccError(f"linking the aarch64 library with {exe} failed: {lines[-1] if lines else e}") from e
-    return path
+    return export_with(executable, path, f"the aarch64 library with {exe}",
+                       fcompile=cc.cross_compiler(exe))
 
 
 def spec(preset: str | None):

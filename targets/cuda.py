@@ -10,7 +10,6 @@ pipeline is also fully bound; :func:`check_bound` verifies it.
 """
 from __future__ import annotations
 
-import os
 import shutil
 
 from sqcc.errors import SqccError
@@ -113,13 +112,9 @@ def build(mod, preset_or_target="sm_80"):
 
 def export_library(executable, path) -> str:
     """Host code linked with the system C++ compiler; the CUDA C is embedded (compiled at load time)."""
-    path = os.fspath(path)
-    try:
-        executable.export_library(path)
-    except Exception as e:
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise SqccError(f"linking the CUDA package's host library failed: {lines[-1] if lines else e}") from e
-    return path
+    from . import export_with
+
+    return export_with(executable, path, "the CUDA package's host library")
 
 
 def spec(preset: str | None):
