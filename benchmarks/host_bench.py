@@ -10,8 +10,11 @@ each is reported with min/max, the ratio to the faster onnxruntime setting, and 
 against the detected CPU's fp32 peak (FMA lanes x 2 x FMA units x clock x cores).
 
     TVM_NUM_THREADS=2 python benchmarks/host_bench.py [--models squeezenet1.1 ...] [--runs 30]
-        [--records tuning/host.json] [--no-untuned] [--profile]
+        [--records tuning/host.json] [--no-untuned] [--profile] [--concat-ab]
         [--stock-work-dir DIR [--stock-trials N --stock-per-task 64]]
+
+``--concat-ab`` adds "no-concat-el": the default build with concat elimination off, to show what
+writing producers straight into their concat slices saves (:mod:`sqcc.schedules.concat`).
 
 ``--stock-work-dir`` adds "stock-tuned": TVM's own ``static_shape_tuning`` pipeline (MetaSchedule on
 TVM's default lowering, no sqcc layout or schedules), its database in DIR; with ``--stock-trials N``
@@ -99,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stock-work-dir", default=None, help="stock MetaSchedule database directory")
     ap.add_argument("--stock-trials", type=int, default=0, help="tune stock MetaSchedule first (trials)")
     ap.add_argument("--stock-per-task", type=int, default=64)
+    ap.add_argument("--concat-ab", action="store_true",
+                    help="also the default build without concat elimination (SQCC_CONCAT_ELIMINATION=0)")
     args = ap.parse_args(argv)
 
     threads = os.environ.get("TVM_NUM_THREADS")
@@ -149,6 +154,10 @@ def main(argv=None) -> int:
         t1 = time.time()
         variants["default"] = build(mod, target)
         t2 = time.time()
+        if args.concat_ab:
+            os.environ["SQCC_CONCAT_ELIMINATION"] = "0"
+            variants["no-concat-el"] = build(mod, target)
+            del os.environ["SQCC_CONCAT_ELIMINATION"]
         if args.records:
             variants["tuned"] = build(mod, target, tuning_records=args.records)
         if args.stock_work_dir:
@@ -179,7 +188,7 @@ def main(argv=None) -> int:
         ort_med = min(stats["onnxruntime"]["median_ms"], stats["ort-nospin"]["median_ms"])
         print(f"{'variant':<12}{'median ms':>10}{'min':>9}{'max':>9}{'x ORT':>8}{'GFLOP/s':>9}"
               f"{'% peak':>8}{'max rel err':>13}")
-        for k in [*[v for v in ("untuned", "default", "tuned", "stock-tuned") if v in stats],
+        for k in [*[v for v in ("untuned", "default", "no-concat-el", "tuned", "stock-tuned") if v in stats],
                   "onnxruntime", "ort-nospin"]:
             med, st = stats[k]["median_ms"], stats[k]
             gf = flops / med / 1e6
@@ -189,7 +198,10 @@ def main(argv=None) -> int:
                   f"{pct:>7.1f}%{err:>13} (n={st['runs']})")
         print("x ORT: against the faster onnxruntime setting (workers spinning = its default, or sleeping)")
         if args.profile:
-            profile(variants["default"], xt, dev)
+            for k in ("default", "no-concat-el"):
+                if k in variants:
+                    print(f"-- {k}")
+                    profile(variants[k], xt, dev)
     return 0
 
 
