@@ -7,8 +7,9 @@
   (QDQ, per-channel, MinMax) on the same calibration images.
 * Latency (median of ≥30 after warm-up, 2 threads, alternating blocks -- ``sqcc.bench.time_blocks``):
   sqcc int8 vs sqcc fp32 (same default schedules) vs onnxruntime fp32 and int8 (each with its workers
-  spinning and sleeping; the faster setting is the peer). ``--mcpu znver2`` (or haswell) builds sqcc's
-  variants for an AVX2-only CPU as well, to show the AVX2 int8 kernel on a machine that has more.
+  spinning and sleeping; the faster setting is the peer). ``--mcpu znver2,skylake-avx512`` builds
+  sqcc's variants for an AVX2-only CPU and an AVX-512 CPU without VNNI as well (the vpmaddubsw kernels
+  with 7-bit weights next to 8-bit vpmaddwd), to show them on a machine that has more.
 * Binary: one 256→256 3×3 conv on 28×28, XNOR popcount kernel vs sqcc's fp32 kernel for the layer.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv=None):
     ap.add_argument("--methods", default="minmax,percentile,entropy,mse")
     ap.add_argument("--binary-images", type=int, default=50)
     ap.add_argument("--out", default="int8_bench.json")
-    ap.add_argument("--mcpu", default=None, help="also build sqcc fp32/int8 for this LLVM CPU (e.g. znver2)")
+    ap.add_argument("--mcpu", default=None, help="also build sqcc fp32/int8 for these LLVM CPUs (e.g. znver2,skylake-avx512)")
     ap.add_argument("--latency-only", action="store_true", help="latency figures only: one method (entropy), 16 images for the scores")
     a = ap.parse_args(argv)
     if a.latency_only:  # one method, few images: the accuracy figures need the full run
@@ -130,18 +131,19 @@ def main(argv=None):
            "onnxruntime_fp32_nospin": lambda: ref_nospin.run(None, {"data": x0}),
            "onnxruntime_int8": lambda: ort_q.run(None, {"data": x0}),
            "onnxruntime_int8_nospin": lambda: ort_q_nospin.run(None, {"data": x0})}
-    if a.mcpu:
-        t2 = tvm.target.Target({"kind": "llvm", "mcpu": a.mcpu, "num-cores": threads})
+    bits_by_cpu = {}
+    for mcpu in (a.mcpu.split(",") if a.mcpu else []):
+        t2 = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": threads})
         # what `sqcc compile --pass int8` does for that CPU (weight_bits=auto): 7-bit weights on
-        # AVX2-only CPUs (vpmaddubsw), and the 8-bit build (vpmaddwd) next to it
-        bits = [7, 8] if int8_isa(t2) in ("avx2", "avx512") else [8]
+        # x86 CPUs without VNNI (vpmaddubsw), and the 8-bit build (vpmaddwd) next to it
+        bits = bits_by_cpu[mcpu] = [7, 8] if int8_isa(t2) in ("avx2", "avx512") else [8]
         vm_f2 = relax.VirtualMachine(build(m.mod, t2), tvm.cpu())
-        fns[f"sqcc_fp32_{a.mcpu}"] = lambda: vm_f2["main"](xt)
+        fns[f"sqcc_fp32_{mcpu}"] = lambda vm_f2=vm_f2: vm_f2["main"](xt)
         for wb in bits:
             vm_q2 = relax.VirtualMachine(build(quantize_module(m.mod, acts, best, weight_bits=wb), t2),
                                          tvm.cpu())
-            res[f"int8_sqcc_{best}_{a.mcpu}_w{wb}"] = score(run(vm_q2))
-            fns[f"sqcc_int8_{best}_{a.mcpu}_w{wb}"] = lambda vm_q2=vm_q2: vm_q2["main"](xt)
+            res[f"int8_sqcc_{best}_{mcpu}_w{wb}"] = score(run(vm_q2))
+            fns[f"sqcc_int8_{best}_{mcpu}_w{wb}"] = lambda vm_q2=vm_q2: vm_q2["main"](xt)
     lat = time_blocks(fns, a.runs, 5)
     i8 = lat[f"sqcc_int8_{best}"]["median_ms"]
     o32 = min(lat["onnxruntime_fp32"]["median_ms"], lat["onnxruntime_fp32_nospin"]["median_ms"])
@@ -149,10 +151,10 @@ def main(argv=None):
     lat["ratios_of_medians"] = {  # > 1: sqcc int8 is faster
         "sqcc_fp32/sqcc_int8": lat["sqcc_fp32"]["median_ms"] / i8,
         "ort_fp32/sqcc_int8": o32 / i8, "ort_int8/sqcc_int8": o8 / i8, "ort_fp32/ort_int8": o32 / o8}
-    if a.mcpu:
+    for mcpu, bits in bits_by_cpu.items():
         for wb in bits:
-            lat["ratios_of_medians"][f"sqcc_fp32/sqcc_int8 ({a.mcpu}, {wb}-bit weights)"] = \
-                lat[f"sqcc_fp32_{a.mcpu}"]["median_ms"] / lat[f"sqcc_int8_{best}_{a.mcpu}_w{wb}"]["median_ms"]
+            lat["ratios_of_medians"][f"sqcc_fp32/sqcc_int8 ({mcpu}, {wb}-bit weights)"] = \
+                lat[f"sqcc_fp32_{mcpu}"]["median_ms"] / lat[f"sqcc_int8_{best}_{mcpu}_w{wb}"]["median_ms"]
     res["latency"] = lat
 
     say("binary layer")

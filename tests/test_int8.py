@@ -220,6 +220,8 @@ def test_errors(squeeze, tmp_path):
         collect_activations(m.mod, [{"data": np.zeros((1, 3, 112, 112), np.float32)}])
     with pytest.raises(SqccError, match="calibration"):
         passes.create("int8:calibration=median")
+    with pytest.raises(SqccError, match="weight_bits=9"):
+        passes.create("int8:weight_bits=9")
 
 
 def test_person_detect_qdq_fold_matches_litert():
