@@ -115,6 +115,8 @@ CONV_CASES = {
     "depthwise": dict(k=3, pad=1, group=8, c=8, o=8, act="clip"),
     "depthwise-multiplier": dict(k=3, pad=1, group=4, c=4, o=8, stride=2),
     "odd-channels-1000": dict(k=1, pad=0, c=5, o=1000, h=7, w=7, pool="global"),
+    "odd-channels-1001-global-pool": dict(k=1, pad=0, c=5, o=1001, h=7, w=7, pool="global"),
+    "odd-channels-37-maxpool": dict(k=3, pad=1, c=3, o=37, h=16, w=16, pool="max"),
     "prime-sizes": dict(k=3, pad=0, c=3, o=7, h=13, w=13, bias=False, act=None),
     "conv-maxpool": dict(k=3, pad=1, c=3, o=32, h=16, w=16, pool="max"),
     "conv-avgpool": dict(k=1, pad=0, c=16, o=24, h=8, w=10, pool="avg"),
@@ -503,3 +505,14 @@ def test_tuning_works_on_rewritten_kernels(tmp_path):
     plain = relax.VirtualMachine(build(mod, target), tvm.cpu())
     a, b = tuned["main"](xv).numpy(), plain["main"](xv).numpy()
     assert _rel_err(a, b) <= 1e-3  # float reassociation may move a uint8 rounding by one step
+
+
+@pytest.mark.parametrize("case", ["odd-channels-1001-global-pool", "odd-channels-37-maxpool"])
+def test_pool_with_channels_no_vector_divides_keeps_the_pool_rule(case):
+    """1001 classes (TF models' background class): the channel loop is split into whole vectors and
+    a scalar tail instead of falling back to (or running as) scalar code."""
+    mod, _, _ = _import(_conv_model(**CONV_CASES[case]))
+    rules = {gv.name_hint: str(f.attrs[RULE_ATTR]) for gv, f in schedule(mod, host_target()).functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs}
+    pools = {k: v for k, v in rules.items() if "pool" in k or k.startswith("mean")}
+    assert pools and set(pools.values()) == {"pool"}, rules
