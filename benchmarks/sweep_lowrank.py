@@ -8,7 +8,8 @@ Calibration uses ``--calib N`` images of the folder spread evenly over it (defau
 uses all its images (``--eval-limit`` to cut). Agreement is also reported on the held-out images (those
 not used for calibration) — the headline figure. Data-aware mode weights the allocation by measured
 held-out sensitivity (``--no-sensitivity`` to turn off) and refits the rewritten layers sequentially
-(``--no-sequential`` / ``--refit-rounds N`` for the alternatives). Every number comes from building and running the rewritten model with TVM
+(``--no-sequential`` / ``--refit-rounds N`` for the alternatives), ReLU-aware where a ReLU follows
+(``--relu 0`` for linear fits) and compensates the layers it does not rewrite (``--no-compensate``). Every number comes from building and running the rewritten model with TVM
 (llvm, untuned — ~0.15–0.3 s per SqueezeNet image here, so the default sweep takes ~10–15 minutes).
 Set TVM_NUM_THREADS to the cores you want (say which in any figure).
 """
@@ -43,6 +44,13 @@ def main(argv=None):
                     help="no sequential refit of the rewritten layers to the rewritten model's inputs")
     ap.add_argument("--refit-rounds", type=int, default=0,
                     help="round-wise refit instead of sequential (measured worse)")
+    ap.add_argument("--no-compensate", dest="compensate", action="store_false",
+                    help="do not refit the un-rewritten layers below the first rewrite (default: each gets "
+                         "a full-rank refit to the original outputs, ridge-shrunk towards its weight by a "
+                         "strength chosen by 2-fold cross-validation on the calibration images)")
+    ap.add_argument("--relu", type=int, default=None, metavar="N",
+                    help="ReLU-aware refit iterations for layers a ReLU follows (default: the passes' "
+                         "default, 3; 0: plain linear fits)")
     ap.add_argument("--out", default=None, help="output prefix (default out/sweep_<model>)")
     args = ap.parse_args(argv)
 
@@ -59,13 +67,17 @@ def main(argv=None):
                         modes=tuple(args.modes.split(",")), metric=args.metric,
                         techniques=tuple(args.techniques.split(",")), plot=str(out) + ".png",
                         eval_limit=args.eval_limit, refit_rounds=args.refit_rounds,
-                        sensitivity=args.sensitivity, sequential=args.sequential, progress=say)
+                        sensitivity=args.sensitivity, sequential=args.sequential,
+                        compensate=args.compensate, relu=args.relu, progress=say)
     budget.save_rows(rows, str(out) + ".json")
     table = budget.format_rows(rows)
     threads = os.environ.get("TVM_NUM_THREADS", "default")
     data = ("data-aware fits" + (", allocation weighted by held-out sensitivity" if args.sensitivity else "")
             + (f", {args.refit_rounds} refit round(s)" if args.refit_rounds else
-               ", sequential refit" if args.sequential else ""))
+               ", sequential refit" if args.sequential else "")
+            + (", ReLU-aware fits" if args.relu != 0 else ", linear fits")
+            + (", un-rewritten layers compensated (cross-validated ridge)"
+               if args.compensate and args.sequential and not args.refit_rounds else ""))
     header = (f"{m.name}: {args.metric} budgets {args.budgets}; calibration {len(calib)} images of "
               f"{args.images} (spread evenly), evaluation all {rows[0]['n_eval']} images, of which "
               f"{rows[0]['n_heldout']} held out (never used for calibration; the headline column); "

@@ -6,6 +6,13 @@ of the layer's input, and returns a chain of convs (or matmuls) plus the dense w
 is equal to. This module turns that into MACs/params, errors, a :class:`LayerRecord` and the Relax
 bindings; :mod:`sqcc.budget` calls the same fits to price candidates.
 
+ReLU-aware fits (``relu=N``, default 3, data-aware only): where the layer's output only feeds
+``relu(conv + bias)`` (found from the graph, :func:`relu_biases`), the fit is iterated N times towards
+targets t = y where y > 0, else min(ŷ, 0) — the outputs that are negative in both the original and the
+approximation cost nothing — by the same (asymmetric) least squares with E[t p̂ᵀ] in place of W·E[p p̂ᵀ]
+(``LayerFit.tcross``); the iterate with the least post-ReLU error on the calibration patches is kept.
+:class:`RefitLayers` compensates layers that are not rewritten (used by ``sqcc.budget.realise``).
+
 Errors: weight error ‖W − Ŵ‖/‖W‖; output error ‖(W − Ŵ)P‖/‖WP‖ over the calibration patches P,
 computed exactly as sqrt(tr(DΣDᵀ)/tr(WΣWᵀ)) with D = W − Ŵ (per group), Σ = PPᵀ/|P|.
 """
@@ -20,6 +27,7 @@ from ..errors import SqccError
 from .base import LayerRecord
 
 RIDGE = 1e-6  # relative Tikhonov term on Σ: keeps full-rank fits exact where Σ is singular
+RELU_ITERS = 3  # default ReLU-aware refit iterations where a ReLU follows the layer (0: linear fit)
 SHRINK_BELOW = 8  # Σ from fewer than this many samples per dimension is shrunk (LayerFit.cov_reg)
 
 
@@ -56,6 +64,9 @@ class LayerFit:
     # the last factor is then refitted to map p̂ to the original output (upstream errors compensated)
     hat: tuple | None = None
     samples: int | None = None  # how many patches Σ was estimated from (None: unknown / plenty)
+    # (E[(t − μ_t)(p̂ − μ̂)ᵀ] (groups, ng, d), μ_t (groups, ng)): a per-sample target t replacing the
+    # original outputs Wp (the ReLU-aware fit, FactorPassBase._relu_refit); None: t = Wp
+    tcross: tuple | None = None
     cache: dict = field(default_factory=dict)
 
     @property
@@ -90,6 +101,12 @@ class LayerFit:
         wg = self.group_matrices()[i]
         if not use_data or self.cov is None:
             return wg, None
+        if self.tcross is not None:  # T = E[(t − μ_t)(p̂ − μ̂)ᵀ]·C⁻¹ (t the ReLU-aware targets)
+            key = ("target", i)
+            if key not in self.cache:
+                c = self.input_cov(i)
+                self.cache[key] = (np.linalg.solve(c, self.tcross[0][i].T).T, c)
+            return self.cache[key]
         if self.hat is None or self.mean is None:
             return wg, self.cov_reg(i)
         key = ("target", i)
@@ -101,6 +118,19 @@ class LayerFit:
             c_hh = c_hh + lam * np.eye(len(c_hh))
             t = np.linalg.solve(c_hh, (wg @ c_xh).T).T  # C_hh symmetric: (C_hh⁻¹ C_xhᵀ Wᵀ)ᵀ
             self.cache[key] = (t, c_hh)
+        return self.cache[key]
+
+    def input_cov(self, i: int) -> np.ndarray:
+        """The (regularised, centred) covariance of the inputs the fit sees: C(p̂, p̂) with hat moments,
+        else :meth:`cov_reg`."""
+        if self.hat is None or self.mean is None:
+            return self.cov_reg(i)
+        key = ("hatcov", i)
+        if key not in self.cache:
+            hh, _, mh = self.hat
+            c_hh = hh[i] - np.outer(mh[i], mh[i])
+            lam = RIDGE * max(float(np.trace(c_hh)) / len(c_hh), 1e-30)
+            self.cache[key] = c_hh + lam * np.eye(len(c_hh))
         return self.cache[key]
 
     def cov_reg(self, i: int) -> np.ndarray | None:
@@ -169,7 +199,14 @@ def weight_error(layer: LayerFit, dense: np.ndarray) -> float:
 def final_refit(layer: LayerFit, i: int, wflat: np.ndarray, g_mat: np.ndarray) -> np.ndarray:
     """Least-squares last factor A (ng×k) for group i, features G·p (k×d): minimises
     E‖W(p − μ) − A·G(p̂ − μ̂)‖² — with p̂ = p (plain data-aware fit) unless ``layer.hat`` holds the
-    moments of the rewritten model's inputs (then upstream errors are compensated)."""
+    moments of the rewritten model's inputs (then upstream errors are compensated); with
+    ``layer.tcross`` the target outputs are the ReLU-aware t instead of W(p − μ)."""
+    if layer.tcross is not None:
+        c = layer.input_cov(i)
+        gram = g_mat @ c @ g_mat.T
+        lam = 1e-6 * max(float(np.trace(gram)) / max(len(gram), 1), 1e-30)
+        rhs = layer.tcross[0][i] @ g_mat.T
+        return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs.T).T
     if layer.hat is None or layer.mean is None:
         return ls_refit(wflat, g_mat, layer.cov_reg(i))
     hh, xh, mh = layer.hat
@@ -192,7 +229,8 @@ def bias_correction(layer: LayerFit, dense: np.ndarray) -> np.ndarray | None:
     for i, wg in enumerate(layer.group_matrices()):
         wh = dense[i * ng:(i + 1) * ng].reshape(ng, -1)
         mh = layer.hat[2][i] if layer.hat is not None else layer.mean[i]
-        out.append(wg @ layer.mean[i] - wh @ mh)
+        mt = layer.tcross[1][i] if layer.tcross is not None else wg @ layer.mean[i]
+        out.append(mt - wh @ mh)
     return np.concatenate(out)
 
 
@@ -353,6 +391,64 @@ def layer_from_matmul(context, name, x_shape, w, use_data=True) -> LayerFit:
                     samples=samples)
 
 
+def relu_biases(func) -> dict:
+    """{conv name: its bias (N,)} for every conv2d whose output only feeds ``relu(conv + bias)``
+    (bias a constant, or a reshape of one; or ``relu(conv)``, bias 0): the layers whose outputs
+    matter only where they are positive (ReLU6 and other clips are not recognised)."""
+    from tvm import relax
+
+    from ..layers import is_const, op_name
+
+    values, users = {}, {}
+
+    def note(expr, user):
+        if isinstance(expr, relax.Var):
+            users.setdefault(expr, []).append(user)
+        elif isinstance(expr, relax.Tuple):
+            for f in expr.fields:
+                note(f, user)
+        elif isinstance(expr, relax.Call):
+            for a in expr.args:
+                note(a, user)
+
+    for block in func.body.blocks:
+        for b in block.bindings:
+            values[b.var] = b.value
+            note(b.value, b.var)
+    note(func.body.body, None)
+
+    def const_of(e):
+        if is_const(e):
+            return e.value.numpy()
+        if isinstance(e, relax.Var) and op_name(values.get(e)) == "relax.reshape" and is_const(values[e].args[0]):
+            return values[e].args[0].value.numpy()
+        return None
+
+    out = {}
+    for var, val in values.items():
+        if op_name(val) != "relax.nn.conv2d" or not is_const(val.args[1]):
+            continue
+        n = int(val.args[1].ty.shape[0])
+        u = users.get(var, [])
+        if len(u) != 1 or u[0] is None:
+            continue
+        nxt = values.get(u[0])
+        bias = np.zeros(n)
+        if op_name(nxt) == "relax.add":
+            other = nxt.args[1] if nxt.args[0].same_as(var) else nxt.args[0]
+            c = const_of(other)
+            if c is None or c.size != n or (c.ndim == 4 and c.shape[1] != n):
+                continue
+            bias = c.reshape(-1).astype(np.float64)
+            u = users.get(u[0], [])
+            if len(u) != 1 or u[0] is None:
+                continue
+            nxt = values.get(u[0])
+        if op_name(nxt) == "relax.nn.relu":
+            out[var.name] = bias
+    return out
+
+
 def emit_chain(builder, data, layer: LayerFit, f: Factorization, tag: str):
     """Emit all but the last op of the chain (named ``{layer}__{tag}{k}``) and return the last
     (un-emitted) expr; the rewriter binds it under the layer's own name."""
@@ -388,13 +484,75 @@ class FactorPassBase:
     tag = "f"
     handles_matmul = False
 
-    def __init__(self, context=None, force=False, layers=(), fit="auto"):
+    def __init__(self, context=None, force=False, layers=(), fit="auto", relu=RELU_ITERS):
         from .base import PassContext
 
         self.context = context if context is not None else PassContext()
         self.force = bool(force)
         self.layers = set(layers or [])
         self.fit = fit
+        if int(relu) < 0:
+            raise SqccError(f"--pass {self.technique}: relu={relu} out of range: must be ≥ 0")
+        self.relu = int(relu)
+        self._relu_bias: dict = {}
+
+    def _relu_refit(self, layer: LayerFit, f, b0):
+        """ReLU-aware refit (Zhang et al. 2016's nonlinear reconstruction, relaxed): the layer feeds a
+        ReLU, so output error where the original and the approximation are both ≤ 0 does not matter.
+        Iterate: targets t = y where y = Wp + b > 0, else min(ŷ, 0) (ŷ the current approximation on the
+        inputs p̂ it sees), then refit the whole factorisation to t by the same (asymmetric) least
+        squares. Keeps the iterate with the least ‖relu(y) − relu(ŷ)‖² on the calibration patches."""
+        from ..calibrate import _patches
+
+        x = self.context.inputs_of(layer.name)
+        xh = (self.context.extra.get("activations_hat") or {}).get(layer.name)
+        geo = (layer.kernel, layer.strides, layer.padding, layer.dilation, layer.groups, SAMPLED_POSITIONS, 0)
+        p = _patches(np.asarray(x), *geo)
+        ph = _patches(np.asarray(xh), *geo) if (layer.hat is not None and xh is not None) else p
+        g = layer.groups
+        ng = layer.weight.shape[0] // g
+        m = len(p)
+        b0 = np.asarray(b0, np.float64)
+        wgs = layer.group_matrices()
+        y = [p[:, i] @ wgs[i].T + b0[i * ng:(i + 1) * ng] for i in range(g)]
+        ry = [np.maximum(v, 0) for v in y]
+        muh = ph.mean(0)
+
+        def outputs(fit):
+            bias = bias_correction(layer, fit.dense)
+            bias = np.zeros(len(b0)) if bias is None else bias
+            return [ph[:, i] @ fit.dense[i * ng:(i + 1) * ng].reshape(ng, -1).T + bias[i * ng:(i + 1) * ng]
+                    + b0[i * ng:(i + 1) * ng] for i in range(g)]
+
+        def loss(yh):
+            return sum(float(np.sum((ry[i] - np.maximum(yh[i], 0)) ** 2)) for i in range(g))
+
+        yh = outputs(f)
+        best, best_loss, first = (f, None), loss(yh), loss(yh)
+        for _ in range(self.relu):
+            ms, mus = [], []
+            for i in range(g):
+                bg = b0[i * ng:(i + 1) * ng]
+                t = np.where(y[i] > 0, y[i], np.minimum(yh[i], 0)) - bg
+                mu = t.mean(0)
+                ms.append((t - mu).T @ (ph[:, i] - muh[i]) / m)
+                mus.append(mu)
+            layer.tcross = (np.stack(ms), np.stack(mus))
+            layer.cache.clear()
+            f2 = self.fit_layer(layer)
+            if isinstance(f2, str):
+                break
+            yh = outputs(f2)
+            l2 = loss(yh)
+            if l2 < best_loss:
+                best, best_loss = (f2, layer.tcross), l2
+        f, layer.tcross = best
+        f.bias = bias_correction(layer, f.dense)
+        layer.cache.clear()
+        if best[1] is not None:
+            f.detail += (f"; ReLU-aware refit ({self.relu} iterations): post-ReLU error "
+                         f"{math.sqrt(best_loss / max(first, 1e-30)):.3f} of the linear fit's")
+        return f
 
     # the fit mode for a layer: data-aware when calibration activations exist (unless fit=weight)
     def _use_data(self):
@@ -417,7 +575,8 @@ class FactorPassBase:
             self._skip(layer.name, f, layer.macs, layer.params)
             return None
         done = self.context.extra.setdefault("rewritten", {})
-        f.bias = bias_correction(layer, f.dense)
+        if f.bias is None:
+            f.bias = bias_correction(layer, f.dense)
         macs, params = chain_cost(layer, f)
         werr = weight_error(layer, f.dense)
         oerr = output_error(layer, f.dense)
@@ -447,11 +606,31 @@ class FactorPassBase:
             self._skip(conv.name, f"already rewritten by {prev}", conv.macs, int(conv.weight.size))
             return None
         layer = layer_from_conv(self.context, conv, self._use_data())
-        f = self.fit_layer(layer)
+        # realise() re-applies the passes once per refitted layer: a layer's fit depends only on the
+        # pass settings and whether its (set-once) rewritten-model inputs are known, so reuse it
+        cache = self.context.extra.get("fit_cache")
+        key = (conv.name, type(self).__name__, self._settings(), layer.hat is not None, layer.cov is not None)
+        if cache is not None and key in cache:
+            f = cache[key]
+        else:
+            f = self._fit_conv(layer, conv)
+            if cache is not None:
+                cache[key] = f
         f = self._decide(layer, f)
         if f is None:
             return None
         return emit_chain(builder, conv.data, layer, f, self.tag)
+
+    def _settings(self):
+        return tuple((k, v) for k, v in sorted(vars(self).items())
+                     if isinstance(v, (int, float, str, bool, type(None))))
+
+    def _fit_conv(self, layer, conv):
+        f = self.fit_layer(layer)
+        if (self.relu > 0 and not isinstance(f, str) and layer.cov is not None and layer.mean is not None
+                and conv.name in self._relu_bias and self.context.inputs_of(conv.name) is not None):
+            f = self._relu_refit(layer, f, self._relu_bias[conv.name])
+        return f
 
     def _rewrite_matmul(self, builder, name, x, w):
         if not self._wanted(name):
@@ -473,6 +652,8 @@ class FactorPassBase:
     def transform_module(self, mod, ctx):
         from .base import apply_rewriter, make_conv_rewriter
 
+        if self.relu > 0 and self._use_data() and self.context.activations is not None:
+            self._relu_bias = relu_biases(mod["main"])
         rw = make_conv_rewriter(self._rewrite_conv, self._rewrite_matmul if self.handles_matmul else None)
         return apply_rewriter(mod, rw)
 
@@ -513,3 +694,100 @@ def reference_chain(x, layer: "LayerFit", f: "Factorization"):
     for c in f.convs:
         y = reference_conv2d(y, c.weight, c.strides, c.padding, c.dilation, c.groups)
     return y + (f.bias.reshape(1, -1, 1, 1) if f.bias is not None else 0)
+
+
+class RefitLayers(FactorPassBase):
+    """Compensation of layers that are *not* rewritten (not a registered pass; :func:`sqcc.budget.realise`
+    uses it): each listed conv keeps its shape and MACs but gets the full-rank least-squares weight
+    T = W·C(p, p̂)·C(p̂, p̂)⁻¹ and bias correction that map the inputs p̂ it sees in the rewritten model
+    to the original outputs (ReLU-aware where a ReLU follows, like the factorisations). Only layers
+    with hat moments (``context.extra["activations_hat"]``) are touched."""
+
+    technique = "refit"
+    tag = "rf"
+
+    # ridge strengths towards the original weight (× the mean input variance) tried by the
+    # cross-validation; None: keep the weight (bias correction only)
+    SHRINK_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, None)
+
+    def __init__(self, context=None, layers=(), relu=RELU_ITERS, shrink="cv", bias_only: bool = False):
+        super().__init__(context, True, layers, "data", relu)
+        self.shrink = shrink if shrink == "cv" else float(shrink)
+        self.bias_only = bool(bias_only)
+        self._lam: dict = {}
+
+    def _cv_shrink(self, layer):
+        """The ridge strength (from SHRINK_GRID) whose fit on one half of the calibration images (even /
+        odd, both ways) best predicts the original (post-ReLU where one follows) outputs on the other
+        half: how far a full-rank refit can move from W before it fits noise (conv10 of SqueezeNet is
+        512→1000 on 13×13 maps: a free refit there helps the calibration images only)."""
+        from ..calibrate import _patches
+
+        x = np.asarray(self.context.inputs_of(layer.name))
+        xh = np.asarray((self.context.extra.get("activations_hat") or {})[layer.name])
+        if len(x) < 4:
+            return 0.0
+        geo = (layer.kernel, layer.strides, layer.padding, layer.dilation, layer.groups, SAMPLED_POSITIONS // 2, 0)
+        halves = [(_patches(x[sl], *geo), _patches(xh[sl], *geo)) for sl in (slice(0, None, 2), slice(1, None, 2))]
+        b0 = self._relu_bias.get(layer.name) if self.relu > 0 else None
+        relu = b0 is not None
+        g = layer.groups
+        ng = layer.weight.shape[0] // g
+        b0 = np.zeros(layer.weight.shape[0]) if b0 is None else np.asarray(b0, np.float64)
+        wgs = layer.group_matrices()
+        err = np.zeros(len(self.SHRINK_GRID))
+        for a, b in ((0, 1), (1, 0)):
+            (pa, pha), (pb, phb) = halves[a], halves[b]
+            for i in range(g):
+                w, bg = wgs[i], b0[i * ng:(i + 1) * ng]
+                mu, muh = pa[:, i].mean(0), pha[:, i].mean(0)
+                xa, ha = pa[:, i] - mu, pha[:, i] - muh
+                c = ha.T @ ha / len(ha)
+                r = w @ (xa.T @ ha / len(ha))  # W·C(p, p̂)
+                tr = max(float(np.trace(c)) / len(c), 1e-30)
+                e, v = np.linalg.eigh(c)
+                yb = pb[:, i] @ w.T + bg
+                ryb = np.maximum(yb, 0) if relu else yb
+                for k, sh in enumerate(self.SHRINK_GRID):
+                    if sh is None:
+                        t = w
+                    else:
+                        lam = (sh + RIDGE) * tr
+                        t = ((r + sh * tr * w) @ v / (e + lam)) @ v.T
+                    yhb = phb[:, i] @ t.T + (w @ mu - t @ muh) + bg
+                    err[k] += float(np.sum((ryb - (np.maximum(yhb, 0) if relu else yhb)) ** 2))
+        return self.SHRINK_GRID[int(np.argmin(err))]
+
+    def fit_layer(self, layer):
+        if layer.kind != "conv" or layer.cov is None or layer.hat is None or layer.mean is None:
+            return "no rewritten-model inputs to refit to"
+        n, cg, kh, kw = layer.weight.shape
+        if layer.samples is not None and layer.samples < SHRINK_BELOW * cg * kh * kw:
+            # too few samples per dimension for a full-rank refit to generalise (MobileNet's 1×1 convs
+            # on 5×5 maps: 1,600 patches for d = 512); the layer stays as it is
+            return f"too few calibration patches ({layer.samples}) for a full-rank refit of dimension {cg * kh * kw}"
+        g = layer.groups
+        ng = n // g
+        if layer.name not in self._lam:
+            self._lam[layer.name] = self._cv_shrink(layer) if self.shrink == "cv" else self.shrink
+        shrink = None if self.bias_only else self._lam[layer.name]
+        dense = np.empty(layer.weight.shape, np.float64)
+        for i in range(g):
+            if shrink is None:  # the weight stays; only the bias correction moves (b = E[t] − Wμ̂)
+                dense[i * ng:(i + 1) * ng] = layer.group_matrices()[i].reshape(ng, cg, kh, kw)
+                continue
+            t, c = layer.target(i)
+            if shrink > 0:  # ridge towards the original weight: (T·C + λW)(C + λI)⁻¹
+                wg = layer.group_matrices()[i]
+                lam = shrink * float(np.trace(c)) / len(c)
+                t = np.linalg.solve(c + lam * np.eye(len(c)), (t @ c + lam * wg).T).T
+            dense[i * ng:(i + 1) * ng] = t.reshape(ng, cg, kh, kw)
+        conv = ConvSpec(dense, layer.strides, layer.padding, layer.dilation, g)
+        how = "weight kept, bias corrected" if shrink is None else f"full-rank refit (ridge {shrink:g} towards W)"
+        if self.shrink == "cv" and not self.bias_only:
+            how += ", chosen by 2-fold cross-validation on the calibration images"
+        return Factorization("refit", min(ng, cg * kh * kw), min(ng, cg * kh * kw),
+                             f"{how} to the original outputs given the rewritten model's inputs", [conv], dense)
+
+    def _skip(self, layer, reason, macs=0, params=0):
+        pass  # untouched layers are not worth a record

@@ -18,7 +18,7 @@ import numpy as np
 import tvm
 
 from . import Param, register
-from ._factor import ConvSpec, Factorization, FactorPassBase, LayerFit, final_refit
+from ._factor import ConvSpec, Factorization, FactorPassBase, LayerFit, final_refit, RELU_ITERS
 from ..errors import SqccError
 
 
@@ -75,7 +75,7 @@ def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True) -
         b = np.swapaxes(ur, 1, 2) @ wg  # cg × M × kk : depthwise filters
         a = ur.transpose(1, 0, 2).reshape(ng, cg * m_)  # pointwise, columns (c, m)
         s = layer.cov_reg(i) if use_data else None
-        if refit and s is not None and (m_ < full or layer.hat is not None):
+        if refit and s is not None and (m_ < full or layer.hat is not None or layer.tcross is not None):
             gm = np.zeros((cg, m_, cg, kk))
             for c in range(cg):
                 gm[c, :, c, :] = b[c]
@@ -98,6 +98,8 @@ def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True) -
                         "(exact at min(N, Kh·Kw))"),
                   Param("force", bool, False, "rewrite even where MACs do not drop"),
                   Param("layers", list, [], "only these layers (default: all)"),
+                  Param("relu", int, RELU_ITERS, "ReLU-aware refit iterations for layers a ReLU follows "
+                        "(data-aware fits; 0: plain linear fit)"),
                   Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.dwsep")
@@ -107,8 +109,8 @@ class DepthwiseSeparable(FactorPassBase):
     technique = "dwsep"
     tag = "dw"
 
-    def __init__(self, context=None, multiplier=1, force=False, layers=(), fit="auto"):
-        super().__init__(context, force, layers, fit)
+    def __init__(self, context=None, multiplier=1, force=False, layers=(), fit="auto", relu=RELU_ITERS):
+        super().__init__(context, force, layers, fit, relu)
         if int(multiplier) < 1:
             raise SqccError(f"--pass dwsep: multiplier={multiplier} out of range: must be an integer ≥ 1")
         self.multiplier = int(multiplier)

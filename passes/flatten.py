@@ -17,7 +17,7 @@ import numpy as np
 import tvm
 
 from . import Param, register
-from ._factor import ConvSpec, Factorization, FactorPassBase, LayerFit
+from ._factor import ConvSpec, Factorization, FactorPassBase, LayerFit, RELU_ITERS
 from ..errors import SqccError
 
 
@@ -158,7 +158,7 @@ def fit_flatten(layer: LayerFit, rank: int = 2, use_data=True, iters: int = 100,
     rank = max(1, int(rank))
     key = ("cp", rank, iters)
     t = w.astype(np.float64)
-    if use_data and layer.cov is not None and layer.hat is not None:  # asymmetric target (upstream rewrites)
+    if use_data and layer.cov is not None and (layer.hat is not None or layer.tcross is not None):  # asymmetric target (upstream rewrites)
         t = np.concatenate([layer.target(i)[0] for i in range(g)]).reshape(w.shape)
     if key not in layer.cache:
         layer.cache[key] = _exact_terms(t, rank) if rank >= exact else cp_als(t, rank, iters, restarts=restarts)
@@ -189,6 +189,8 @@ def fit_flatten(layer: LayerFit, rank: int = 2, use_data=True, iters: int = 100,
                   Param("iters", int, 100, "CP-ALS iterations"),
                   Param("force", bool, False, "rewrite even where MACs do not drop"),
                   Param("layers", list, [], "only these layers (default: all)"),
+                  Param("relu", int, RELU_ITERS, "ReLU-aware refit iterations for layers a ReLU follows "
+                        "(data-aware fits; 0: plain linear fit)"),
                   Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.flatten")
@@ -198,8 +200,8 @@ class Flatten(FactorPassBase):
     technique = "flatten"
     tag = "fl"
 
-    def __init__(self, context=None, rank=2, iters=100, force=False, layers=(), fit="auto"):
-        super().__init__(context, force, layers, fit)
+    def __init__(self, context=None, rank=2, iters=100, force=False, layers=(), fit="auto", relu=RELU_ITERS):
+        super().__init__(context, force, layers, fit, relu)
         if int(rank) < 1:
             raise SqccError(f"--pass flatten: rank={rank} out of range: must be an integer ≥ 1")
         if int(iters) < 0:

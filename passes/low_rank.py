@@ -24,7 +24,7 @@ import tvm
 
 from . import Param, register
 from ._factor import (Factorization, ConvSpec, FactorPassBase, LayerFit, check_energy, check_rank_param,
-                      choose_rank, final_refit)
+                      choose_rank, final_refit, RELU_ITERS)
 from ..errors import SqccError
 
 SCHEMES = ("weight", "spatial", "channel")
@@ -73,7 +73,7 @@ def fit_channel(layer: LayerFit, rank=None, energy=None, use_data=True) -> Facto
     for i, (wg, (lam, u)) in enumerate(zip(layer.group_matrices(), spectra)):
         ur = u[:, :r]
         b = ur.T @ layer.target(i, use_data)[0]  # r × d
-        if use_data and layer.hat is not None:  # compensate upstream rewrites
+        if use_data and (layer.hat is not None or layer.tcross is not None):  # compensate upstream rewrites
             ur = final_refit(layer, i, wg, b)
         bs.append(b.reshape(r, cg, kh, kw))
         as_.append(ur)
@@ -135,7 +135,7 @@ def fit_spatial(layer: LayerFit, rank=None, energy=None, use_data=True, refit=Tr
         v = wm @ qr  # (C·Kh) × r
         h = qr.reshape(ng, kw, r).transpose(0, 2, 1)  # n, k, x
         s = layer.cov_reg(i) if use_data else None
-        if refit and s is not None and (r < full or layer.hat is not None):
+        if refit and s is not None and (r < full or layer.hat is not None or layer.tcross is not None):
             gm = np.zeros((r, kw, cg, kh, kw))
             vt = v.T.reshape(r, cg, kh)
             for x in range(kw):
@@ -177,6 +177,8 @@ def fit(layer: LayerFit, scheme: str, rank=None, energy=None, use_data=True):
                         "default 0.9 when no rank is given"),
                   Param("force", bool, False, "rewrite even where MACs do not drop"),
                   Param("layers", list, [], "only these layers (default: all)"),
+                  Param("relu", int, RELU_ITERS, "ReLU-aware refit iterations for layers a ReLU follows "
+                        "(data-aware fits; 0: plain linear fit)"),
                   Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.lowrank")
@@ -186,8 +188,8 @@ class LowRank(FactorPassBase):
     tag = "lr"
 
     def __init__(self, context=None, scheme="channel", rank=None, energy=None, force=False, layers=(),
-                 fit="auto"):
-        super().__init__(context, force, layers, fit)
+                 fit="auto", relu=RELU_ITERS):
+        super().__init__(context, force, layers, fit, relu)
         if scheme not in SCHEMES:
             raise SqccError(f"--pass lowrank: scheme={scheme}: expected one of {', '.join(SCHEMES)}")
         check_rank_param("lowrank", rank)

@@ -13,7 +13,11 @@ inputs, each layer's squared error is weighted by its measured end-to-end sensit
 logits per unit squared layer error, fitted on half of the calibration images and measured on the
 other half), since per-layer relative error is a poor proxy across layers; the chosen rewrites are
 then refitted sequentially, each to the original outputs given the rewritten model's inputs
-(:func:`realise`). The plan is
+(:func:`realise`), ReLU-aware where a ReLU follows (Zhang et al. 2016's nonlinear reconstruction,
+relaxed: error where original and approximation are both ≤ 0 is free), and the layers *not*
+rewritten below the first rewrite are compensated in the same sequence (a full-rank least-squares
+refit at unchanged MACs, ridge-shrunk towards the original weight by a strength cross-validated on
+the calibration images). The plan is
 realised by ordinary pass specs (``lowrank:scheme=channel,rank=12,layers=conv3,conv7,fit=data`` ...),
 so a plan is reproducible from the command line.
 """
@@ -417,7 +421,7 @@ def _split_activations(activations, feeds):
 
 
 def layer_sensitivity(mod, priced, activations, feeds, probe: float = 0.1, progress=None,
-                      holdout: bool = True, techniques=TECHNIQUES) -> dict:
+                      holdout: bool = True, techniques=TECHNIQUES, relu: int | None = None) -> dict:
     """{layer: s}: how much a layer's relative output error moves the model's predictions, measured.
     Per layer, the candidate whose error is nearest ``probe`` is applied alone, the model is built and
     run on ``feeds``, and s = KL(softmax(original logits) ‖ softmax(new logits)) / (layer error)²
@@ -441,7 +445,7 @@ def layer_sensitivity(mod, priced, activations, feeds, probe: float = 0.1, progr
         c = min(cands, key=lambda c: abs(c.error - probe))
         if c.error <= 0:
             continue
-        new, _ = realise(mod, [_spec_for(c, lf.name, "data")], activations)
+        new, _ = realise(mod, [_spec_for(c, lf.name, "data")], activations, relu=relu)
         y = _logits(new, feeds)
         kl = _kl(ref, y)
         out[lf.name] = kl / c.error ** 2
@@ -453,7 +457,8 @@ def layer_sensitivity(mod, priced, activations, feeds, probe: float = 0.1, progr
 
 
 def realise(mod, specs, activations=None, feeds=None, rounds: int = 0, progress=None,
-            sequential: bool = True):
+            sequential: bool = True, compensate: bool = True, compensate_shrink="cv",
+            relu: int | None = None, compensate_bias_only: bool = False):
     """Apply pass ``specs`` to ``mod``; with calibration ``activations`` *and* the calibration
     ``feeds`` they came from, refit to the rewritten model's own activations (Zhang et al. 2016's
     asymmetric reconstruction: each rewritten layer is fitted so that the inputs p̂ it now sees,
@@ -466,23 +471,46 @@ def realise(mod, specs, activations=None, feeds=None, rounds: int = 0, progress=
       sweep's model (cheaper, but each layer compensates errors its upstream refits then change; it
       measured worse than no refit on SqueezeNet).
 
+    With ``compensate`` (sequential only) the layers that are *not* rewritten, below the first rewrite,
+    join the sequence: each gets, at the same MACs, the full-rank least-squares weight and bias that map
+    the inputs it now sees to the original outputs, ridge-shrunk towards its original weight by a
+    strength chosen per layer by 2-fold cross-validation over the calibration images
+    (``compensate_shrink="cv"``; a float fixes it; the grid includes keeping the weight, bias
+    correction only). ``relu``: ReLU-aware refit iterations for every layer that feeds a ReLU (default:
+    the passes' own, ``relu=`` in a spec; 0 turns it off).
+
     Returns (module, LayerRecords of the last application)."""
     from tvm import relax
 
     from . import passes
     from .calibrate import collect_activations
 
+    if relu is not None:
+        specs = [s if "relu=" in s or not s.split(":")[0] in TAGS else f"{s},relu={int(relu)}" for s in specs]
     cov_cache: dict = {}  # patch moments of the original activations: shared by every application
+
+    comp: list = []  # un-rewritten layers below the first rewrite, refitted (compensate)
+
+    fit_cache: dict = {}  # sequential refit: each layer's fit without / with its (set-once) p̂
 
     def run(hat, hat_cache=None):
         ctx = passes.PassContext(activations=activations)
         ctx.extra["patch_cov"] = cov_cache
+        if sequential and rounds <= 0:
+            ctx.extra["fit_cache"] = fit_cache
         if hat:
             ctx.extra["activations_hat"] = hat
             ctx.extra["patch_hat"] = hat_cache if hat_cache is not None else {}
         out = mod
         for spec in specs:
             out = passes.create(spec, ctx)(out)
+        todo = [n for n in comp if hat and n in hat]
+        if todo:
+            from .passes._factor import RELU_ITERS, RefitLayers
+
+            rl = RefitLayers(ctx, todo, RELU_ITERS if relu is None else relu, compensate_shrink,
+                             compensate_bias_only)
+            out = rl.transform_module(out, None)
         return relax.transform.CanonicalizeBindings()(out), ctx
 
     new, ctx = run(None)
@@ -490,7 +518,11 @@ def realise(mod, specs, activations=None, feeds=None, rounds: int = 0, progress=
         return new, ctx.records
     if rounds <= 0 and sequential:
         done = dict(ctx.extra.get("rewritten", {}))
-        order = [n for n in activations if n in done]  # activations are in model order
+        names = list(activations)  # activations are in model order
+        if compensate and done:
+            first_rw = min(names.index(n) for n in done)
+            comp[:] = [n for n in names[first_rw + 1:] if n not in done]
+        order = [n for n in names if n in done or n in comp]
         hat: dict = {}
         hat_cache: dict = {}  # each layer's p̂ is set once, so its cross moments are computed once
         for k, name in enumerate(order):
@@ -498,7 +530,8 @@ def realise(mod, specs, activations=None, feeds=None, rounds: int = 0, progress=
                 continue
             if hat:  # the layers above, refitted
                 new, ctx = run(hat, hat_cache)
-            first = f"{name}__{TAGS[done[name].split(':')[0]]}0"
+            # a rewritten layer's input is its chain's first conv; a compensated one is still the original
+            first = f"{name}__{TAGS[done[name].split(':')[0]]}0" if name in done else name
             if progress:
                 progress(f"sequential refit {k + 1}/{len(order)}: {name}")
             got = collect_activations(new, feeds, layers=[first], max_samples=len(feeds))
@@ -521,12 +554,13 @@ def realise(mod, specs, activations=None, feeds=None, rounds: int = 0, progress=
 
 
 def apply_plan(mod, plan: Plan, activations=None, feeds=None, rounds: int = 0, sequential: bool = True,
-               progress=None):
+               progress=None, compensate: bool = True, relu: int | None = None):
     """Run the plan's passes over ``mod`` (see :func:`realise`: with ``feeds``, the calibration
     inputs the activations came from, each layer is refitted sequentially to the rewritten model's
-    own inputs); returns (new module, LayerRecords)."""
+    own inputs, ReLU-aware where a ReLU follows, and the un-rewritten layers below are compensated);
+    returns (new module, LayerRecords)."""
     return realise(mod, plan.pass_specs, activations if plan.fit == "data" else None, feeds, rounds,
-                   progress, sequential)
+                   progress, sequential, compensate=compensate, relu=relu)
 
 
 # ----------------------------------------------------------------------------------------- sweep
@@ -581,7 +615,8 @@ def eval_set(model, folder, limit=None):
 def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight", "data"),
           metric: str = "macs", techniques=TECHNIQUES, plot: str | None = None, eval_limit=None,
           calibration_limit: int = 64, refit_rounds: int = 0, sensitivity: bool = True,
-          sequential: bool = True, progress=None) -> list[dict]:
+          sequential: bool = True, compensate: bool = True, relu: int | None = None,
+          progress=None) -> list[dict]:
     """For each budget and fitting mode: plan, rewrite, build, run on the evaluation images and
     measure MACs, params, top-1 agreement with the original, logit relative error and (with labels)
     top-1 accuracy. ``model``: name/path or frontend.Model; ``calibration_inputs``: a folder or
@@ -589,7 +624,8 @@ def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight",
     inputs). Writes a Pareto PNG to ``plot`` when given. Returns one row (dict) per (budget, mode),
     plus the original as budget 1.0. Data mode by default weights the allocation by held-out
     sensitivity (``sensitivity``) and refits sequentially (``sequential``; ``refit_rounds`` > 0 for
-    the older round-wise refit instead)."""
+    the older round-wise refit instead), ReLU-aware (``relu`` iterations, None: the passes' default),
+    compensating the un-rewritten layers (``compensate``)."""
     from . import frontend
     from .calibrate import calibration_feeds, collect_activations
 
@@ -650,12 +686,12 @@ def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight",
                 say(f"priced {mode} candidates")
                 if mode == "data" and sensitivity:
                     sens = layer_sensitivity(m.mod, priced[mode], acts, calib, progress=say,
-                                             techniques=techniques)
+                                             techniques=techniques, relu=relu)
             plan = allocate(m.mod, acts if mode == "data" else None, techniques=techniques,
                             fit=mode, priced=priced[mode], sensitivity=sens if mode == "data" else None,
                             **{metric: b})
             mod, _ = apply_plan(m.mod, plan, acts, calib if mode == "data" else None, refit_rounds,
-                                sequential)
+                                sequential, compensate=compensate, relu=relu)
             logits = _logits(mod, feeds)
             r = row(b, mode, logits, plan.macs_after, plan.params_after, plan)
             r["seconds"] = time.perf_counter() - t0

@@ -153,6 +153,36 @@ def test_sequential_refit_and_heldout_sensitivity_on_small_model():
         assert errs[True] <= errs[False] * 1.02, errs
 
 
+def test_compensation_of_unrewritten_layers_on_small_model(monkeypatch):
+    """realise's default (and apply_plan's) compensates the layers below the first rewrite that it does
+    not rewrite (a 'refit' record each, MACs unchanged); turning it off leaves them alone; a layer
+    with too few calibration patches per dimension is left alone too."""
+    import sqcc.passes._factor as factor
+    from sqcc.calibrate import collect_activations
+
+    m = two_conv_model()
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.standard_normal((1, 4, 12, 12)).astype(np.float32)} for _ in range(8)]
+    acts = collect_activations(m.mod, feeds)
+    ref = np.stack([tvm_run(m.mod, f).reshape(-1) for f in feeds])
+    spec = ["lowrank:scheme=channel,rank=3,fit=data,layers=c1"]
+    # c2 sees 8 × 5 × 5 = 200 patches of dimension 144: too few for a full-rank refit
+    _, records = budget.realise(m.mod, spec, acts, feeds)
+    assert not [r for r in records if r.technique == "refit"]
+    monkeypatch.setattr(factor, "SHRINK_BELOW", 1)
+    errs = {}
+    for comp in (False, True):
+        mod, records = budget.realise(m.mod, spec, acts, feeds, compensate=comp)
+        refits = [r for r in records if r.technique == "refit"]
+        if comp:
+            assert [r.layer for r in refits] == ["c2"] and refits[0].macs_after == refits[0].macs_before
+            assert "cross-validation" in refits[0].detail
+        else:
+            assert not refits
+        errs[comp] = rel(np.stack([tvm_run(mod, f).reshape(-1) for f in feeds]), ref)
+    assert errs[True] <= errs[False] * 1.05, errs
+
+
 @pytest.mark.timeout(900)
 def test_cli_compile_with_budget_end_to_end(tmp_path):
     """`sqcc compile squeezenet1.1 --budget macs=F --calibration DIR --eval-images DIR`: the plan is

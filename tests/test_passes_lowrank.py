@@ -213,7 +213,8 @@ def test_reduced_rank_reports_its_error(squeezenet):
     lf = next(l for l in layer_fits(squeezenet.mod) if l.name == "conv3")
     x = np.concatenate([random_activations(lf, s) for s in range(2)])
     ctx = PassContext(activations={"conv3": x})
-    mod = passes.create("lowrank:scheme=channel,rank=0.25,layers=conv3", ctx)(squeezenet.mod)
+    # relu=0: the plain linear fit, whose error is checked below (the ReLU-aware one is tested apart)
+    mod = passes.create("lowrank:scheme=channel,rank=0.25,layers=conv3,relu=0", ctx)(squeezenet.mod)
     (rec,) = ctx.records
     assert rec.applied and rec.detail.startswith("rank 16/64") and "data-aware" in rec.detail
     assert rec.macs_after < rec.macs_before and rec.params_after < rec.params_before
@@ -355,3 +356,61 @@ def test_few_samples_shrink_the_covariance():
     assert err(shrunk_fit) < err(fit_channel(layer(None), r).dense)
     # full rank stays exact either way
     assert rel(fit_channel(layer(m), 1.0).dense, w) < 1e-6
+
+
+# ------------------------------------------------------------------------ ReLU-aware fit, compensation
+
+def test_relu_followers_found_from_the_graph(squeezenet, mobilenet):
+    """Every SqueezeNet conv feeds relu(conv + bias) (the expands through their own relu before the
+    concat); MobileNet's ReLU6 (a clip) is not recognised, so its fits stay linear."""
+    from sqcc.passes._factor import relu_biases
+
+    r = relu_biases(squeezenet.mod["main"])
+    assert len(r) == 26 and r["conv25"].shape == (1000,) and np.any(r["conv25"] != 0)
+    assert relu_biases(mobilenet.mod["main"]) == {}
+
+
+@pytest.mark.parametrize("spec", ["lowrank:scheme=channel,rank=0.25", "dwsep:multiplier=2"])
+def test_relu_aware_fit_lowers_post_relu_error_and_stays_exact(squeezenet, spec):
+    """Where a ReLU follows, the fit is iterated towards the post-ReLU outputs: its error after the
+    ReLU (on the calibration patches) is below the linear fit's; at full rank it is still exact."""
+    import re
+
+    from sqcc.budget import layer_fits
+
+    lf = next(l for l in layer_fits(squeezenet.mod) if l.name == "conv3")
+    x = np.concatenate([random_activations(lf, s) for s in range(2)])
+    ctx = PassContext(activations={"conv3": x})
+    passes.create(f"{spec},layers=conv3,relu=3", ctx)(squeezenet.mod)
+    (rec,) = ctx.records
+    ratio = float(re.search(r"post-ReLU error ([0-9.]+) of the linear fit", rec.detail).group(1))
+    assert rec.applied and ratio < 1.0
+    # full rank with the ReLU-aware refit: the module computes what the original does
+    feed = frontend.random_inputs(squeezenet)
+    ctx = PassContext(activations={"conv3": x})
+    full = "lowrank:scheme=channel,rank=1.0" if spec.startswith("lowrank") else "dwsep:multiplier=9"
+    mod = passes.create(f"{full},layers=conv3,relu=3,force=true", ctx)(squeezenet.mod)
+    assert ctx.records[0].applied
+    assert rel(tvm_run(mod, feed), tvm_run(squeezenet.mod, feed)) < 1e-4
+
+
+def test_compensation_refit_of_an_unrewritten_layer():
+    """RefitLayers (used by budget.realise for layers it does not rewrite): without upstream error the
+    weight stays W; with it, the cross-validated ridge refit lowers the error on the distorted inputs
+    and never moves further from W than the unregularised least squares."""
+    from sqcc.calibrate import patch_cross_moments
+    from sqcc.passes._factor import RefitLayers, output_error
+
+    plain, asym, x, xh = _asym_layer()
+    same = patch_cross_moments(x, x, plain.kernel, (1, 1), plain.padding)
+    plain.hat = same
+    ctx = PassContext(activations={"c": x})
+    ctx.extra["activations_hat"] = {"c": x}
+    f = RefitLayers(ctx, ["c"], relu=0).fit_layer(plain)
+    assert rel(f.dense, plain.weight) < 1e-4
+    ctx = PassContext(activations={"c": x})
+    ctx.extra["activations_hat"] = {"c": xh}
+    f = RefitLayers(ctx, ["c"], relu=0).fit_layer(asym)
+    assert output_error(asym, f.dense) < output_error(asym, plain.weight)
+    free = RefitLayers(ctx, ["c"], relu=0, shrink=0.0).fit_layer(asym)
+    assert np.linalg.norm(f.dense - plain.weight) <= np.linalg.norm(free.dense - plain.weight) + 1e-9
