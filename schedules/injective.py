@@ -10,7 +10,11 @@ Everything is inlined into the blocks that write the function's outputs. For eac
 * the innermost loop is vectorised by the SIMD width when it divides;
 * a concatenation along the innermost axis (NHWC channel concat, the fire modules' output) is
   partitioned at the input boundaries, so that each part is a plain vector copy from one input
-  instead of a per-element select between two loads.
+  instead of a per-element select between two loads;
+* a transpose that moves the innermost axis (NHWC ↔ NCHW) is tiled: an output-row loop and the
+  loop that walks the input's contiguous axis are split into a small 2-D tile, so both the reads
+  and the writes of a tile stay in a few cache lines (a row-by-row NHWC→NCHW copy of 256×28×28
+  int32 read every element from a different line: 119 us).
 """
 from __future__ import annotations
 
@@ -44,6 +48,46 @@ def _concat_offsets(sch: Schedule, blk) -> list[int] | None:
     if len(offs) < 2 or 0 not in offs:
         return None
     return sorted(offs)
+
+
+def _transpose_loops(sch: Schedule, blk) -> tuple[int, int] | None:
+    """(index of the block loop that walks the input's innermost axis, of the output's innermost)
+    when ``blk`` copies one input through a permutation that moves the innermost axis, else None."""
+    b = sch.get(blk)
+    if len(b.reads) != 1 or len(b.writes) != 1 or len(b.iter_vars) < 2:
+        return None
+    from tvm.ir.expr import TensorLoad  # what tirx.BufferLoad(...) builds
+    from tvm.tirx.stmt import BufferStore
+
+    if not isinstance(b.body, BufferStore) or not isinstance(b.body.value, TensorLoad):
+        return None
+    ivs = [iv.var for iv in b.iter_vars]
+
+    def pos(idx):
+        return next((k for k, v in enumerate(ivs) if isinstance(idx, tirx.Var) and idx.same_as(v)),
+                    None)
+
+    src_last, dst_last = pos(b.body.value.indices[-1]), pos(b.body.indices[-1])
+    if src_last is None or dst_last is None or src_last == dst_last:
+        return None
+    return src_last, dst_last
+
+
+def _schedule_transpose(sch: Schedule, blk, axes, info: CpuInfo, parallel: bool) -> None:
+    loops = sch.get_loops(blk)
+    src, dst = axes
+    exts = [loop_extent(sch, lp) for lp in loops]
+    ts = next((f for f in (16, 8, 4) if exts[src] % f == 0), None)
+    td = next((f for f in (16, 14, 8, 7, 4) if exts[dst] % f == 0), None)
+    if ts is None or td is None:
+        raise ValueError("no tile divides the transposed axes")
+    so, si = sch.split(loops[src], [None, ts])
+    do, di = sch.split(loops[dst], [None, td])
+    outer = [lp for k, lp in enumerate(loops) if k not in (src, dst)]
+    sch.reorder(*outer, so, do, si, di)
+    if parallel:
+        sch.parallel(sch.fuse(*outer, so))
+    sch.vectorize(di)
 
 
 def _vectorize_inner(sch: Schedule, loop, lanes: int) -> None:
@@ -84,6 +128,13 @@ def schedule_injective(sch: Schedule, info: CpuInfo) -> None:
                     break
                 par.append(lp)
                 n *= e
+        axes = _transpose_loops(sch, blk)
+        if axes is not None:
+            try:
+                _schedule_transpose(sch, blk, axes, info, total >= PARALLEL_MIN_ELEMENTS)
+                continue
+            except Exception:  # noqa: BLE001 -- the row-by-row schedule below
+                pass
         offsets = _concat_offsets(sch, blk)
         if par:
             sch.parallel(sch.fuse(*par) if len(par) > 1 else par[0])

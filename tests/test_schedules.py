@@ -516,3 +516,23 @@ def test_pool_with_channels_no_vector_divides_keeps_the_pool_rule(case):
              if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and RULE_ATTR in f.attrs}
     pools = {k: v for k, v in rules.items() if "pool" in k or k.startswith("mean")}
     assert pools and set(pools.values()) == {"pool"}, rules
+
+
+@pytest.mark.parametrize("shape,tiled", [((1, 28, 28, 256), True), ((1, 5, 7, 3), False)])
+def test_transpose_moving_the_innermost_axis_is_tiled_and_exact(shape, tiled):
+    """NHWC → NCHW: a 2-D tile over the input's and the output's contiguous axes (row-by-row when no
+    tile divides them); bit-exact either way."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2])))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    funcs = [f for _, f in schedule(mod, host_target()).functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert [str(f.attrs[RULE_ATTR]) for f in funcs] == ["injective"]
+    text = funcs[0].script()
+    assert ("ax1_1 in T.grid" in text or "ax1_1 in range" in text) == tiled, text
+    a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = relax.VirtualMachine(build(mod, host_target()), tvm.cpu())["main"](tvm.runtime.tensor(a)).numpy()
+    np.testing.assert_array_equal(out, a.transpose(0, 3, 1, 2))
