@@ -157,12 +157,6 @@ def main(argv=None):
                 lat[f"sqcc_fp32_{mcpu}"]["median_ms"] / lat[f"sqcc_int8_{best}_{mcpu}_w{wb}"]["median_ms"]
     res["latency"] = lat
 
-    # onnxruntime's idle workers (and the other runtimes) must not share the cores with the binary
-    # layer's timing: drop them first (measured: XNOR 0.55 ms with them alive, 0.39 ms without)
-    del ref, ref_nospin, ort_q, ort_q_nospin, fns, vms, vm_pp
-    import gc
-
-    gc.collect()
     say("binary layer")
     from sqcc.passes.binary import Binary
 

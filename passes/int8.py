@@ -590,8 +590,8 @@ class Int8:
         if str(weight_bits) not in ("auto", "7", "8"):
             raise SqccError(f"int8: weight_bits={weight_bits}: expected auto, 7 or 8")
         if str(weight_bits) == "auto":
-            # the compile target's int8 path (sqcc.api puts it in the context): AVX2 without VNNI
-            # multiplies u8×s8 pairs into int16 (vpmaddubsw), exact only with |w| ≤ 64
+            # the compile target's int8 path (sqcc.api puts it in the context): x86 without VNNI
+            # (AVX2, AVX-512BW) multiplies u8×s8 pairs into int16 (vpmaddubsw), exact only with |w| ≤ 64
             weight_bits = 7 if self.context.extra.get("int8_isa") in ("avx2", "avx512") else 8
         self.weight_bits = int(weight_bits)
 

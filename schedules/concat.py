@@ -49,9 +49,9 @@ def _concat_axis(func: tirx.PrimFunc) -> int | None:
     if any(len(s) != len(out) for s in ins):
         return None
     diff = [a for a in range(len(out)) if any(s[a] != out[a] for s in ins)]
-    axis = diff[0] if len(diff) == 1 else (len(out) - 1 if not diff else None)
-    if axis is None or sum(s[axis] for s in ins) != out[axis]:
+    if len(diff) != 1 or sum(s[diff[0]] for s in ins) != out[diff[0]]:
         return None
+    axis = diff[0]
     if any(p.ty.dtype != params[-1].ty.dtype for p in params):
         return None
     # only the concat's own blocks: nothing else was fused into this kernel

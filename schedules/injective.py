@@ -73,7 +73,7 @@ def _transpose_loops(sch: Schedule, blk) -> tuple[int, int] | None:
     return src_last, dst_last
 
 
-def _schedule_transpose(sch: Schedule, blk, axes, info: CpuInfo, parallel: bool) -> None:
+def _schedule_transpose(sch: Schedule, blk, axes, parallel: bool) -> None:
     loops = sch.get_loops(blk)
     src, dst = axes
     exts = [loop_extent(sch, lp) for lp in loops]
@@ -120,6 +120,13 @@ def schedule_injective(sch: Schedule, info: CpuInfo) -> None:
         total = 1
         for e in exts:
             total *= e
+        axes = _transpose_loops(sch, blk)
+        if axes is not None:
+            try:
+                _schedule_transpose(sch, blk, axes, total >= PARALLEL_MIN_ELEMENTS)
+                continue
+            except Exception:  # noqa: BLE001 -- the row-by-row schedule below
+                pass
         # parallel prefix (never the innermost loop, which is the copy / vector loop)
         par, n = [], 1
         if total >= PARALLEL_MIN_ELEMENTS:
@@ -128,13 +135,6 @@ def schedule_injective(sch: Schedule, info: CpuInfo) -> None:
                     break
                 par.append(lp)
                 n *= e
-        axes = _transpose_loops(sch, blk)
-        if axes is not None:
-            try:
-                _schedule_transpose(sch, blk, axes, info, total >= PARALLEL_MIN_ELEMENTS)
-                continue
-            except Exception:  # noqa: BLE001 -- the row-by-row schedule below
-                pass
         offsets = _concat_offsets(sch, blk)
         if par:
             sch.parallel(sch.fuse(*par) if len(par) > 1 else par[0])

@@ -225,9 +225,9 @@ def annotate_weight_range(mod):
         if not (isinstance(e, relax.Call) and e.op.same_as(call_tir)):
             return
         gv, args = e.args[0], getattr(e.args[1], "fields", [])
-        consts = [a.value.numpy() for a in args if is_const(a)]
-        m = max((int(np.abs(c.astype(np.int32)).max()) for c in consts if c.dtype == np.int8 and c.size),
-                default=None)
+        # only the int8 constants are copied out (not every float weight of the model, every build)
+        consts = [a.value.numpy() for a in args if is_const(a) and str(a.value.dtype) == "int8"]
+        m = max((int(np.abs(c.astype(np.int32)).max()) for c in consts if c.size), default=None)
         prev = wmax.get(gv.name_hint, 0)
         wmax[gv.name_hint] = None if m is None or prev is None else max(prev, m)
 

@@ -51,8 +51,7 @@ def schedule_pool(sch: Schedule, main, info: CpuInfo) -> None:
             parallel_fused(sch, outer, None)
         parts = sch.loop_partition(s_loops[-1], [c_ext - c_ext % info.lanes, None])
         main = sch.get_child_blocks(parts[0])[0]
-        loops = sch.get_loops(main)
-        inner = loops[loops.index(parts[0]) if parts[0] in loops else -1 - len(r_loops):]
+        inner = sch.get_loops(main)[-1 - len(r_loops):]  # its channel loop, then the window loops
         _schedule_vectors(sch, main, [], inner[0], inner[1:], info.lanes, info, epilogue=False,
                           parallel_channels=not (outer and outer_ext >= 8 * info.num_cores))
         return

@@ -161,9 +161,7 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     report["build"] = {"seconds": time.perf_counter() - t0, "target": spec.name,
                        "tvm_target": str(spec.tvm()), "tuning_records": records}
     if any(s.split(":")[0] == "int8" for s in pass_specs) and spec.family in ("host", "arm_cpu"):
-        from .schedules.int8 import int8_isa
-
-        isa = int8_isa(spec.tvm())
+        isa = ctx.extra["int8_isa"]  # set above for host / arm_cpu
         wbits = {int(getattr(p, "weight_bits", 8)) for p in pass_objs if hasattr(p, "weight_bits")}
         note = None
         if isa in ("avx2", "avx512") and wbits == {7}:
