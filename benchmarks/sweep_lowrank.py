@@ -33,6 +33,8 @@ def main(argv=None):
     ap.add_argument("--metric", default="macs", choices=["macs", "params"])
     ap.add_argument("--images", default=str(DEFAULT_IMAGES), help="labelled image folder (labels.json)")
     ap.add_argument("--calib", type=int, default=64, help="calibration images taken from --images")
+    ap.add_argument("--calib-views", type=int, default=1,
+                    help="views of each calibration image (2: + mirror; up to 10: ten-crop)")
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--modes", default="weight,data")
     ap.add_argument("--techniques", default="lowrank,dwsep,flatten")
@@ -62,7 +64,7 @@ def main(argv=None):
     out = Path(args.out or f"out/sweep_{args.model.replace('/', '_')}")
     out.parent.mkdir(parents=True, exist_ok=True)
     m = frontend.load(args.model)
-    calib = calibration_feeds(m, args.images, limit=args.calib)
+    calib = calibration_feeds(m, args.images, limit=args.calib, views=args.calib_views)
     rows = budget.sweep(m, [float(b) for b in args.budgets.split(",")], calib, args.images,
                         modes=tuple(args.modes.split(",")), metric=args.metric,
                         techniques=tuple(args.techniques.split(",")), plot=str(out) + ".png",
@@ -76,9 +78,12 @@ def main(argv=None):
             + (f", {args.refit_rounds} refit round(s)" if args.refit_rounds else
                ", sequential refit" if args.sequential else "")
             + (", ReLU-aware fits" if args.relu != 0 else ", linear fits")
+            + ", dwsep/spatial factors fitted jointly (alternating least squares)"
             + (", un-rewritten layers compensated (cross-validated ridge)"
                if args.compensate and args.sequential and not args.refit_rounds else ""))
-    header = (f"{m.name}: {args.metric} budgets {args.budgets}; calibration {len(calib)} images of "
+    views = f" × {args.calib_views} views" if args.calib_views > 1 else ""
+    header = (f"{m.name}: {args.metric} budgets {args.budgets}; calibration {len(calib) // args.calib_views} "
+              f"images{views} of "
               f"{args.images} (spread evenly), evaluation all {rows[0]['n_eval']} images, of which "
               f"{rows[0]['n_heldout']} held out (never used for calibration; the headline column); "
               f"data mode: {data}; TVM llvm untuned, TVM_NUM_THREADS={threads}; "

@@ -9,8 +9,14 @@ Guo et al. 2018 / "network decoupling"). MACs: HoWo·C·M·(Kh·Kw + N) instead 
 Grouped convs keep their groups (the pointwise conv is grouped the same way).
 
 Data-aware fit: per channel, U_M from the SVD of W[:, c]·Σ_c^½ (Σ_c the Kh·Kw patch moments of
-channel c), then the pointwise weight is refitted by least squares on the full patch moments Σ of the
-calibration activations (minimising ‖WP − A·(B∗P)‖, cross-channel correlations included).
+channel c), then alternating least squares over the whole layer (``als`` rounds): with the depthwise
+filters B fixed, the pointwise A is the least-squares fit on the full patch moments Σ (cross-channel
+correlations included); with A fixed, the layer's output is linear in B, and B solves the normal
+equations [(AᵀA)_(cm,c'm')·Σ_(ck,c'k')]·vec B = vec (Aᵀ·T·Σ)_(cm,ck), minimising E‖T p − A·(B∗p)‖² (T the
+target of :meth:`LayerFit.target`: W, or its asymmetric / ReLU-aware form). The per-channel SVD picks
+each channel's filters on their own, ignoring the other channels and what the pointwise conv can
+recombine; the joint solve lets them share the work (8–18% less output error on SqueezeNet's fire
+modules at M = 4; SqueezeNet's predictions at a 0.7× MAC budget then move 23% less, KL 0.045 → 0.035).
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ def _sqrtm_psd(s):
 
 
 def _dwsep_svd(layer: LayerFit, use_data: bool):
-    """Per group: (U (cg, ng, q), s² (cg, q)) of W[:, c]·Σ_c^½ (or W[:, c])."""
+    """Per group: (U (cg, ng, q), s² (cg, q), W as cg × ng × kk) from the SVDs of W[:, c]·Σ_c^½ (or
+    W[:, c] without data)."""
     key = ("dwsep_svd", use_data and layer.cov is not None)
     if key in layer.cache:
         return layer.cache[key]
@@ -51,7 +58,58 @@ def _dwsep_svd(layer: LayerFit, use_data: bool):
     return out
 
 
-def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True) -> Factorization | str:
+ALS_ROUNDS = 6  # alternating least-squares rounds of the data-aware fit (0: per-channel SVD + LS only)
+ALS_MAX_DIM = 6000  # the B-step solves a (C·M·Kh·Kw)² system: skipped above this size
+
+
+def _depthwise_features(b):
+    """G (C·M × C·Kh·Kw): the depthwise filters B (C × M × Kh·Kw) as a map from patches to features."""
+    cg, m_, kk = b.shape
+    gm = np.zeros((cg, m_, cg, kk))
+    for c in range(cg):
+        gm[c, :, c, :] = b[c]
+    return gm.reshape(cg * m_, cg * kk)
+
+
+def _als(layer: LayerFit, i: int, b, rounds: int):
+    """Alternating least squares for group i from depthwise filters ``b`` (C × M × Kh·Kw): returns the
+    improved filters (the caller refits the pointwise weight last). Minimises E‖T p − A·G(B)p‖² with
+    (T, Σ) = ``layer.target(i)`` (so upstream rewrites and ReLU-aware targets are honoured)."""
+    cg, m_, kk = b.shape
+    if rounds <= 0 or cg * m_ * kk > ALS_MAX_DIM:
+        return b
+    t, c = layer.target(i)
+    if not np.any(t):  # a dead group: nothing to fit, and the solves would be singular
+        return b
+    c4 = c.reshape(cg, kk, cg, kk)
+    tc = t @ c
+    try:
+        out = _als_rounds(b, c, c4, tc, rounds)
+    except np.linalg.LinAlgError:  # a degenerate group: keep the SVD's filters
+        return b
+    return out if np.all(np.isfinite(out)) else b
+
+
+def _als_rounds(b, c, c4, tc, rounds):
+    cg, m_, kk = b.shape
+    for _ in range(rounds):
+        gm = _depthwise_features(b)
+        gram = gm @ c @ gm.T
+        lam = 1e-9 * max(float(np.trace(gram)) / len(gram), 1e-30)
+        a = np.linalg.solve(gram + lam * np.eye(len(gram)), (tc @ gm.T).T).T
+        ama = (a.T @ a).reshape(cg, m_, cg, m_)
+        h = np.einsum("amcn,akcl->amkcnl", ama, c4).reshape(cg * m_ * kk, -1)
+        r = (a.T @ tc).reshape(cg, m_, cg, kk)
+        rhs = np.stack([r[k, :, k, :] for k in range(cg)]).reshape(-1)
+        lam = 1e-9 * max(float(np.trace(h)) / len(h), 1e-30)
+        b = np.linalg.solve(h + lam * np.eye(len(h)), rhs).reshape(cg, m_, kk)
+        # rescale each filter to unit norm: A absorbs the scale, and the system stays well conditioned
+        b = b / np.maximum(np.linalg.norm(b, axis=2, keepdims=True), 1e-30)
+    return b
+
+
+def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True,
+              als: int = ALS_ROUNDS) -> Factorization | str:
     if layer.kind == "matmul":
         return "dwsep applies to convs only"
     w = layer.weight
@@ -76,11 +134,10 @@ def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True) -
         a = ur.transpose(1, 0, 2).reshape(ng, cg * m_)  # pointwise, columns (c, m)
         s = layer.cov_reg(i) if use_data else None
         if refit and s is not None and (m_ < full or layer.hat is not None or layer.tcross is not None):
-            gm = np.zeros((cg, m_, cg, kk))
-            for c in range(cg):
-                gm[c, :, c, :] = b[c]
+            if m_ < full:
+                b = _als(layer, i, b, als)
             wflat = layer.group_matrices()[i]  # the original W: the refit targets its outputs
-            a = final_refit(layer, i, wflat, gm.reshape(cg * m_, cg * kk))
+            a = final_refit(layer, i, wflat, _depthwise_features(b))
         dw[i * cg * m_:(i + 1) * cg * m_, 0] = b.reshape(cg * m_, kh, kw)
         pw[i * ng:(i + 1) * ng, :, 0, 0] = a
         dense[i * ng:(i + 1) * ng] = np.einsum("ncm,cmk->nck", a.reshape(ng, cg, m_), b).reshape(ng, cg, kh, kw)
@@ -100,6 +157,8 @@ def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True) -
                   Param("layers", list, [], "only these layers (default: all)"),
                   Param("relu", int, RELU_ITERS, "ReLU-aware refit iterations for layers a ReLU follows "
                         "(data-aware fits; 0: plain linear fit)"),
+                  Param("als", int, ALS_ROUNDS, "alternating least-squares rounds of the data-aware fit "
+                        "(0: per-channel SVD, then the pointwise least squares)"),
                   Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.dwsep")
@@ -109,11 +168,15 @@ class DepthwiseSeparable(FactorPassBase):
     technique = "dwsep"
     tag = "dw"
 
-    def __init__(self, context=None, multiplier=1, force=False, layers=(), fit="auto", relu=RELU_ITERS):
+    def __init__(self, context=None, multiplier=1, force=False, layers=(), fit="auto", relu=RELU_ITERS,
+                 als=ALS_ROUNDS):
         super().__init__(context, force, layers, fit, relu)
         if int(multiplier) < 1:
             raise SqccError(f"--pass dwsep: multiplier={multiplier} out of range: must be an integer ≥ 1")
+        if int(als) < 0:
+            raise SqccError(f"--pass dwsep: als={als} out of range: must be ≥ 0")
         self.multiplier = int(multiplier)
+        self.als = int(als)
 
     def fit_layer(self, layer):
-        return fit_dwsep(layer, self.multiplier, self._use_data())
+        return fit_dwsep(layer, self.multiplier, self._use_data(), als=self.als)

@@ -14,7 +14,8 @@ Data-aware fit (with calibration activations; ``fit=auto|data``): minimise the o
 ‖WP − ŴP‖ over the layer's real input patches P instead of ‖W − Ŵ‖. With Σ = PPᵀ, the best rank-r
 A·B is A = U_r, B = U_rᵀW where U_r are the top eigenvectors of WΣWᵀ (the SVD of WΣ^½ — Zhang's
 whitening, no inverse needed). For spatial, V spans the top right-singular space of Σ_v^½·W_(C·Kh) with
-Σ_v the per-column patch moments, then H is refitted by least squares on the full Σ. The rank from
+Σ_v the per-column patch moments, then V and H are improved by alternating least squares on the full
+Σ (``als`` rounds; the output is linear in each factor given the other), ending on H. The rank from
 ``energy=`` is then the fraction of *output* energy kept. The bias stays on the ``add`` after the conv.
 """
 from __future__ import annotations
@@ -117,7 +118,61 @@ def _spatial_spectra(layer: LayerFit, use_data: bool):
     return out
 
 
-def fit_spatial(layer: LayerFit, rank=None, energy=None, use_data=True, refit=True) -> Factorization | str:
+ALS_ROUNDS = 6  # alternating least-squares rounds of the data-aware spatial fit
+ALS_MAX_DIM = 2000  # the V-step solves an (r·C·Kh)² system: skipped above this size (cost; the
+# gain is largest on the early, thin layers: 12% less output error on fire2, 2–4% on fire6–9)
+
+
+def _spatial_features(v, kw):
+    """G (r·Kw × C·Kh·Kw): the vertical filters V (r × C·Kh) applied at each of the Kw columns."""
+    r = v.shape[0]
+    cg_kh = v.shape[1]
+    gm = np.zeros((r, kw, cg_kh, kw))
+    for x in range(kw):
+        gm[:, x, :, x] = v
+    return gm.reshape(r * kw, -1)
+
+
+def _spatial_als(layer: LayerFit, i: int, v, rounds: int):
+    """Alternating least squares for group i from vertical filters ``v`` (r × C·Kh): with V fixed H is
+    the least-squares fit; with H fixed the output Σ_(k,x) H[n,k,x]·Σ_(c,y) V[k,c,y]·p[c,y,x] is linear
+    in V. Minimises E‖T p − Ŵ p‖² with (T, Σ) = ``layer.target(i)``; returns the improved V."""
+    r, cgkh = v.shape
+    if rounds <= 0 or r * cgkh > ALS_MAX_DIM:
+        return v
+    _, cg, kh, kw = layer.weight.shape
+    t, c = layer.target(i)
+    if not np.any(t):  # a dead group (a zero depthwise filter): nothing to fit, and the solves would be singular
+        return v
+    tc = t @ c
+    c6 = c.reshape(cg * kh, kw, cg * kh, kw)  # (c, y), x, (c', y'), x'
+    try:
+        out = _spatial_als_rounds(v, c, tc, c6, kw, rounds)
+    except np.linalg.LinAlgError:  # a degenerate group: keep the SVD's filters
+        return v
+    return out if np.all(np.isfinite(out)) else v
+
+
+def _spatial_als_rounds(v, c, tc, c6, kw, rounds):
+    r, cgkh = v.shape
+    for _ in range(rounds):
+        gm = _spatial_features(v, kw)
+        gram = gm @ c @ gm.T
+        lam = 1e-9 * max(float(np.trace(gram)) / len(gram), 1e-30)
+        h = np.linalg.solve(gram + lam * np.eye(len(gram)), (tc @ gm.T).T).T
+        # hess[(k,a),(l,b)] = Σ_(x,z) (HᵀH)[(k,x),(l,z)]·Σ[(a,x),(b,z)]: one GEMM over the (x, z) pairs
+        hh = (h.T @ h).reshape(r, kw, r, kw).transpose(0, 2, 1, 3).reshape(r * r, kw * kw)
+        cc = c6.transpose(0, 2, 1, 3).reshape(cgkh * cgkh, kw * kw)
+        hess = (hh @ cc.T).reshape(r, r, cgkh, cgkh).transpose(0, 2, 1, 3).reshape(r * cgkh, r * cgkh)
+        rhs = np.einsum("kxax->ka", (h.T @ tc).reshape(r, kw, cgkh, kw)).reshape(-1)
+        lam = 1e-9 * max(float(np.trace(hess)) / len(hess), 1e-30)
+        v = np.linalg.solve(hess + lam * np.eye(len(hess)), rhs).reshape(r, cgkh)
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)  # H absorbs the scale
+    return v
+
+
+def fit_spatial(layer: LayerFit, rank=None, energy=None, use_data=True, refit=True,
+                als: int = ALS_ROUNDS) -> Factorization | str:
     """Spatial SVD: Kh×1 conv C→r (vertical geometry), then 1×Kw conv r→N (horizontal geometry)."""
     w = layer.weight
     n, cg, kh, kw = w.shape
@@ -136,12 +191,10 @@ def fit_spatial(layer: LayerFit, rank=None, energy=None, use_data=True, refit=Tr
         h = qr.reshape(ng, kw, r).transpose(0, 2, 1)  # n, k, x
         s = layer.cov_reg(i) if use_data else None
         if refit and s is not None and (r < full or layer.hat is not None or layer.tcross is not None):
-            gm = np.zeros((r, kw, cg, kh, kw))
-            vt = v.T.reshape(r, cg, kh)
-            for x in range(kw):
-                gm[:, x, :, :, x] = vt
+            if r < full:
+                v = _spatial_als(layer, i, v.T, als).T
             wflat = w[i * ng:(i + 1) * ng].reshape(ng, -1).astype(np.float64)
-            h = final_refit(layer, i, wflat, gm.reshape(r * kw, -1)).reshape(ng, r, kw)
+            h = final_refit(layer, i, wflat, _spatial_features(v.T, kw)).reshape(ng, r, kw)
         vs.append(v.T.reshape(r, cg, kh, 1))
         hs.append(h.reshape(ng, r, 1, kw))
         dense[i * ng:(i + 1) * ng] = np.einsum("cyk,nkx->ncyx", v.reshape(cg, kh, r), h)
@@ -156,9 +209,9 @@ def fit_spatial(layer: LayerFit, rank=None, energy=None, use_data=True, refit=Tr
                          kept / tot if tot else 1.0)
 
 
-def fit(layer: LayerFit, scheme: str, rank=None, energy=None, use_data=True):
+def fit(layer: LayerFit, scheme: str, rank=None, energy=None, use_data=True, als: int = ALS_ROUNDS):
     if scheme == "spatial":
-        return fit_spatial(layer, rank, energy, use_data)
+        return fit_spatial(layer, rank, energy, use_data, als=als)
     kh, kw = layer.weight.shape[2:]
     if scheme == "weight" and (kh, kw) != (1, 1):
         return (f"scheme=weight factors 1×1 convs and matmuls (this is {kh}×{kw}); "
@@ -179,6 +232,8 @@ def fit(layer: LayerFit, scheme: str, rank=None, energy=None, use_data=True):
                   Param("layers", list, [], "only these layers (default: all)"),
                   Param("relu", int, RELU_ITERS, "ReLU-aware refit iterations for layers a ReLU follows "
                         "(data-aware fits; 0: plain linear fit)"),
+                  Param("als", int, ALS_ROUNDS, "alternating least-squares rounds of the data-aware "
+                        "spatial fit (0: SVD, then H by least squares)"),
                   Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.lowrank")
@@ -188,8 +243,11 @@ class LowRank(FactorPassBase):
     tag = "lr"
 
     def __init__(self, context=None, scheme="channel", rank=None, energy=None, force=False, layers=(),
-                 fit="auto", relu=RELU_ITERS):
+                 fit="auto", relu=RELU_ITERS, als=ALS_ROUNDS):
         super().__init__(context, force, layers, fit, relu)
+        if int(als) < 0:
+            raise SqccError(f"--pass lowrank: als={als} out of range: must be ≥ 0")
+        self.als = int(als)
         if scheme not in SCHEMES:
             raise SqccError(f"--pass lowrank: scheme={scheme}: expected one of {', '.join(SCHEMES)}")
         check_rank_param("lowrank", rank)
@@ -203,7 +261,7 @@ class LowRank(FactorPassBase):
         self.handles_matmul = scheme in ("weight", "channel")
 
     def fit_layer(self, layer):
-        return fit(layer, self.scheme, self.rank, self.energy, self._use_data())
+        return fit(layer, self.scheme, self.rank, self.energy, self._use_data(), self.als)
 
     def fit_matmul(self, layer):
         return fit_channel(layer, self.rank, self.energy, self._use_data())

@@ -33,12 +33,14 @@ def _progress(verbose):
 
 def compile(model, target: str = "host", passes=(), input_shapes=None, calibration=None,
             budget=None, tuning: Tuning | None = None, eval_images=None, check: bool = True,
-            dump_ir=None, force: bool = False, progress=False, calibration_limit: int = 32) -> Package:
+            dump_ir=None, force: bool = False, progress=False, calibration_limit: int = 32,
+            calibration_views: int = 1) -> Package:
     """Import, rewrite, build and check ``model``; returns a runnable, exportable Package.
 
     ``model``: a known name (``"squeezenet1.1"``), a .onnx/.tflite path, or an onnx.ModelProto.
     ``passes``: specs like ``"lowrank:scheme=spatial,energy=0.9"``. ``calibration``: a folder of
-    images for data-aware fitting. ``budget``: ``"macs=0.7"`` or ``{"macs": 0.7}``. ``eval_images``:
+    images for data-aware fitting (``calibration_limit`` of them, spread over the folder;
+    ``calibration_views`` views of each: 2 adds the mirror, up to 10 the ten-crop views). ``budget``: ``"macs=0.7"`` or ``{"macs": 0.7}``. ``eval_images``:
     a labelled folder to measure accuracy and agreement on. ``check``: compare with the original
     model (onnxruntime / LiteRT) on random inputs.
     """
@@ -74,7 +76,7 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         from .calibrate import calibration_feeds, collect_activations
 
         say(f"calibrating on {calibration}")
-        calib_feeds = calibration_feeds(m, calibration, limit=calibration_limit)
+        calib_feeds = calibration_feeds(m, calibration, limit=calibration_limit, views=calibration_views)
     plan = None
     if budget is not None:
         from .budget import plan_budget

@@ -614,7 +614,8 @@ def eval_set(model, folder, limit=None):
 
 def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight", "data"),
           metric: str = "macs", techniques=TECHNIQUES, plot: str | None = None, eval_limit=None,
-          calibration_limit: int = 64, refit_rounds: int = 0, sensitivity: bool = True,
+          calibration_limit: int = 64, calibration_views: int = 1, refit_rounds: int = 0,
+          sensitivity: bool = True,
           sequential: bool = True, compensate: bool = True, relu: int | None = None,
           progress=None) -> list[dict]:
     """For each budget and fitting mode: plan, rewrite, build, run on the evaluation images and
@@ -632,7 +633,7 @@ def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight",
     say = progress or (lambda msg: None)
     m = model if hasattr(model, "mod") else frontend.load(model)
     if isinstance(calibration_inputs, (str, Path)):
-        calib = calibration_feeds(m, calibration_inputs, limit=calibration_limit)
+        calib = calibration_feeds(m, calibration_inputs, limit=calibration_limit, views=calibration_views)
     else:
         calib = list(calibration_inputs)
     labels, names = None, None

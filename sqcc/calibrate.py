@@ -21,10 +21,15 @@ from .errors import SqccError
 # ------------------------------------------------------------------------------------------- images
 
 def load_calibration_images(folder, preprocess, n: int | None = None, input_spec=None,
-                            quant: dict | None = None) -> list[np.ndarray]:
+                            quant: dict | None = None, views: int = 1) -> list[np.ndarray]:
     """Up to ``n`` images of ``folder`` as batch-1 input tensors (sorted by file name, spread evenly
-    over the folder when there are more than ``n``). ``input_spec`` (a TensorSpec) checks the shape."""
-    from .preprocess import list_images, load_image
+    over the folder when there are more than ``n``). ``input_spec`` (a TensorSpec) checks the shape.
+    ``views`` > 1 adds the next views of each image from ``preprocess.VIEWS`` (its mirror, then
+    corner crops: more calibration data from the same images), *view-major*: all images' first
+    view, then all images' second, and so on. With an even number of images every even/odd split of
+    the result (the held-out halves of ``sqcc.budget``) is then a split of the images, so no image
+    is on both sides; an odd number of images loses its last one when ``views`` > 1."""
+    from .preprocess import VIEWS, list_images, load_image
 
     folder = Path(folder)
     if not folder.exists():
@@ -41,26 +46,32 @@ def load_calibration_images(folder, preprocess, n: int | None = None, input_spec
     if n is not None and n < len(files):
         idx = np.linspace(0, len(files) - 1, n).round().astype(int)
         files = [files[i] for i in idx]
+    if not 1 <= int(views) <= len(VIEWS):
+        raise SqccError(f"calibration views={views} out of range: 1 to {len(VIEWS)} (the ten-crop views)")
+    if views > 1 and len(files) % 2 and len(files) > 1:
+        files = files[:-1]
     dtype = input_spec.dtype if input_spec is not None else "float32"
     out = []
-    for f in files:
-        x = load_image(f, preprocess, dtype=dtype, quant=quant)
-        if input_spec is not None and tuple(x.shape) != tuple(input_spec.shape):
-            raise SqccError(f"calibration image {f.name} becomes a {list(x.shape)} tensor, but the model's "
-                            f"input '{input_spec.name}' is {list(input_spec.shape)}: calibration folder "
-                            f"and model do not match")
-        out.append(x)
+    for view in VIEWS[:int(views)]:
+        for f in files:
+            x = load_image(f, preprocess, dtype=dtype, quant=quant, view=view)
+            if input_spec is not None and tuple(x.shape) != tuple(input_spec.shape):
+                raise SqccError(f"calibration image {f.name} becomes a {list(x.shape)} tensor, but the "
+                                f"model's input '{input_spec.name}' is {list(input_spec.shape)}: "
+                                f"calibration folder and model do not match")
+            out.append(x)
     return out
 
 
-def calibration_feeds(model, folder, limit: int = 32) -> list[dict]:
-    """Calibration inputs for ``model`` (a frontend.Model) from an image folder: ``[{input: array}]``."""
+def calibration_feeds(model, folder, limit: int = 32, views: int = 1) -> list[dict]:
+    """Calibration inputs for ``model`` (a frontend.Model) from an image folder: ``[{input: array}]``
+    (``limit`` images, ``views`` views of each: :func:`load_calibration_images`)."""
     if len(model.inputs) != 1:
         raise SqccError(f"calibration from an image folder needs a model with one input; "
                         f"{model.name} has {len(model.inputs)}")
     spec = model.inputs[0]
     q = (model.quant or {}).get("inputs", [None])[0] if model.quant else None
-    xs = load_calibration_images(folder, model.preprocess, limit, spec, q)
+    xs = load_calibration_images(folder, model.preprocess, limit, spec, q, views)
     return [{spec.name: x} for x in xs]
 
 

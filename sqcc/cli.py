@@ -141,7 +141,7 @@ def cmd_compile(args):
         raise SqccError(f"--tuning-records {tuning.records}: no such file")
     pkg = api.compile(args.model, target=args.target, passes=args.passes or [],
                       input_shapes=args.input_shape, calibration=args.calibration, budget=budget,
-                      calibration_limit=args.calibration_limit,
+                      calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
                       tuning=tuning, eval_images=args.eval_images, check=not args.no_check,
                       dump_ir=args.dump_ir, force=args.force, progress=say)
     say(f"writing {out}")
@@ -444,7 +444,8 @@ def cmd_sweep(args):
     say = _say(args)
     budgets = [float(b) for b in args.budgets.split(",")]
     rows = budget.sweep(args.model, budgets, calibration_inputs=args.calibration,
-                        eval_images=args.eval_images, plot=args.plot, progress=say)
+                        eval_images=args.eval_images, plot=args.plot, progress=say,
+                        calibration_limit=args.calibration_limit, calibration_views=args.calibration_views)
     print(budget.format_rows(rows))
     if args.json:
         budget.save_rows(rows, args.json)
@@ -487,6 +488,9 @@ def build_parser():
     p.add_argument("--calibration", metavar="DIR", help="images for data-aware fitting / calibration")
     p.add_argument("--calibration-limit", type=int, default=32, metavar="N",
                    help="calibration images used, spread over the folder (default 32)")
+    p.add_argument("--calibration-views", type=int, default=1, metavar="K",
+                   help="views of each calibration image (1: as evaluated; 2 adds its mirror; up to 10: "
+                        "the ten-crop views): more calibration data from the same images")
     p.add_argument("--budget", metavar="macs=F|params=F", help="allocate rewrites to meet a budget")
     p.add_argument("--eval-images", metavar="DIR", help="labelled images: report accuracy and agreement")
     p.add_argument("--tuning-records", metavar="FILE", help="apply a tuning database")
@@ -548,6 +552,10 @@ def build_parser():
     p.add_argument("model")
     p.add_argument("--budgets", default="0.9,0.8,0.7,0.6,0.5")
     p.add_argument("--calibration", metavar="DIR", required=True)
+    p.add_argument("--calibration-limit", type=int, default=64, metavar="N",
+                   help="calibration images used, spread over the folder (default 64)")
+    p.add_argument("--calibration-views", type=int, default=1, metavar="K",
+                   help="views of each calibration image (see compile --calibration-views)")
     p.add_argument("--eval-images", metavar="DIR")
     p.add_argument("--plot", metavar="PNG")
     p.add_argument("--json", metavar="FILE", help="save the rows as JSON")

@@ -16,8 +16,17 @@ from .models import Preprocess
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
 
 
-def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None = None) -> np.ndarray:
-    """Decode ``path`` and return a batch-1 tensor in the model's layout and dtype."""
+# The ten-crop views of an image (Krizhevsky et al. 2012; torchvision's TenCrop), in the order calibration
+# takes them: the evaluation view first, then its mirror, then the corners and their mirrors.
+VIEWS = ("center", "center+flip", "top-left", "bottom-right+flip", "top-right", "bottom-left+flip",
+         "bottom-right", "top-left+flip", "bottom-left", "top-right+flip")
+
+
+def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None = None,
+               view: str = "center") -> np.ndarray:
+    """Decode ``path`` and return a batch-1 tensor in the model's layout and dtype. ``view`` (one of
+    ``VIEWS``) picks the crop of the resized image and whether it is mirrored; "center" is the
+    evaluation recipe (an image already at the input size has only the centre and its mirror)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -29,6 +38,9 @@ def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None
         raise SqccError(f"{path}: no such image") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise SqccError(f"{path}: cannot decode image ({e.__class__.__name__})") from None
+    if view not in VIEWS:
+        raise SqccError(f"unknown image view '{view}' (one of {', '.join(VIEWS)})")
+    crop, _, flip = view.partition("+")
     h, w = pre.size
     if img.size != (w, h):
         # Resize the short side, then centre-crop (the torchvision/TF-slim evaluation recipe).
@@ -36,7 +48,12 @@ def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None
         nw, nh = max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))
         img = img.resize((nw, nh), Image.BILINEAR)
         left, top = (nw - w) // 2, (nh - h) // 2
+        if crop != "center":
+            top = 0 if crop.startswith("top") else nh - h
+            left = 0 if crop.endswith("left") else nw - w
         img = img.crop((left, top, left + w, top + h))
+    if flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
     if pre.mode == "int8_bytes":
         x = np.asarray(img, dtype=np.uint8).view(np.int8)[:, :, None].astype(dtype)
         return (x.transpose(2, 0, 1) if pre.layout == "NCHW" else x)[None]

@@ -153,6 +153,13 @@ def test_error_unknown_target(tmp_path):
                           r"--target tpu: unknown target")
 
 
+def test_error_calibration_views_out_of_range(tmp_path):
+    p = run_cli("compile", "squeezenet1.1", "--pass", "dwsep:multiplier=2,layers=conv3", "--calibration",
+                IMAGENET, "--calibration-views", "11", "-o", tmp_path / "o.tar")
+    assert_one_line_error(p, r"calibration views=11 out of range: 1 to 10")
+    assert not (tmp_path / "o.tar").exists()
+
+
 def test_error_bad_image(sq_tar, tmp_path):
     f = tmp_path / "broken.jpg"
     f.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

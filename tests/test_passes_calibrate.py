@@ -68,3 +68,19 @@ def test_calibration_folder_mismatched_with_model(squeezenet):
         collect_activations(squeezenet.mod, [{"data": np.zeros((1, 3, 160, 160), np.float32)}])
     with pytest.raises(SqccError, match="no calibration inputs"):
         collect_activations(squeezenet.mod, [])
+
+
+def test_calibration_views_are_view_major_mirrors_and_crops(squeezenet):
+    """views=k adds the ten-crop views of each image, view-major, so even/odd halves split images."""
+    feeds = calibration_feeds(squeezenet, IMAGES, limit=4, views=3)
+    x = [f["data"] for f in feeds]
+    assert len(x) == 12
+    centre = calibration_feeds(squeezenet, IMAGES, limit=4)
+    for i in range(4):
+        np.testing.assert_array_equal(x[i], centre[i]["data"])  # first the evaluation view
+        np.testing.assert_array_equal(x[4 + i], x[i][..., ::-1])  # then its mirror
+        assert np.abs(x[8 + i] - x[i]).mean() > 0.1  # then the top-left crop: other pixels
+    # an odd number of images loses one when views > 1 (else the halves would share images)
+    assert len(calibration_feeds(squeezenet, IMAGES, limit=3, views=2)) == 4
+    with pytest.raises(SqccError, match="views=11 out of range"):
+        calibration_feeds(squeezenet, IMAGES, limit=2, views=11)
