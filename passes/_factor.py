@@ -196,6 +196,28 @@ def weight_error(layer: LayerFit, dense: np.ndarray) -> float:
     return float(np.linalg.norm(w - dense)) / (d if d > 0 else 1.0)
 
 
+def ridge_solve(gram: np.ndarray, rhs: np.ndarray, rel: float) -> np.ndarray:
+    """X with (G + λI)·X = rhs, G symmetric PSD, λ = rel × its mean diagonal (a floor keeps an all-zero G
+    solvable): the regularised normal equations every least-squares step here solves."""
+    lam = rel * max(float(np.trace(gram)) / max(len(gram), 1), 1e-30)
+    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)
+
+
+def alternate(x0: np.ndarray, target: np.ndarray, rounds: int, step) -> np.ndarray:
+    """``rounds`` alternating-least-squares rounds ``x = step(x)`` from ``x0``. A group with an all-zero
+    target (a dead filter or input channel) has nothing to fit and would make the solves singular, so
+    it keeps ``x0``, as does a solve that fails or goes non-finite."""
+    if rounds <= 0 or not np.any(target):
+        return x0
+    x = x0
+    try:
+        for _ in range(rounds):
+            x = step(x)
+    except np.linalg.LinAlgError:
+        return x0
+    return x if np.all(np.isfinite(x)) else x0
+
+
 def final_refit(layer: LayerFit, i: int, wflat: np.ndarray, g_mat: np.ndarray) -> np.ndarray:
     """Least-squares last factor A (ng×k) for group i, features G·p (k×d): minimises
     E‖W(p − μ) − A·G(p̂ − μ̂)‖² — with p̂ = p (plain data-aware fit) unless ``layer.hat`` holds the
@@ -203,19 +225,13 @@ def final_refit(layer: LayerFit, i: int, wflat: np.ndarray, g_mat: np.ndarray) -
     ``layer.tcross`` the target outputs are the ReLU-aware t instead of W(p − μ)."""
     if layer.tcross is not None:
         c = layer.input_cov(i)
-        gram = g_mat @ c @ g_mat.T
-        lam = 1e-6 * max(float(np.trace(gram)) / max(len(gram), 1), 1e-30)
-        rhs = layer.tcross[0][i] @ g_mat.T
-        return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs.T).T
+        return ridge_solve(g_mat @ c @ g_mat.T, (layer.tcross[0][i] @ g_mat.T).T, 1e-6).T
     if layer.hat is None or layer.mean is None:
         return ls_refit(wflat, g_mat, layer.cov_reg(i))
     hh, xh, mh = layer.hat
     c_hh = hh[i] - np.outer(mh[i], mh[i])
     c_xh = xh[i] - np.outer(layer.mean[i], mh[i])
-    gram = g_mat @ c_hh @ g_mat.T
-    lam = 1e-6 * max(float(np.trace(gram)) / max(len(gram), 1), 1e-30)
-    rhs = wflat @ c_xh @ g_mat.T
-    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs.T).T
+    return ridge_solve(g_mat @ c_hh @ g_mat.T, (wflat @ c_xh @ g_mat.T).T, 1e-6).T
 
 
 def bias_correction(layer: LayerFit, dense: np.ndarray) -> np.ndarray | None:
@@ -286,10 +302,7 @@ def ls_refit(target_rows: np.ndarray, g_mat: np.ndarray, cov: np.ndarray) -> np.
     """Least-squares A minimising E‖T p − A G p‖² over patches p with E[ppᵀ] = cov:
     A = TΣGᵀ (GΣGᵀ)⁻¹ (ridge-regularised). ``target_rows`` T (m×d), ``g_mat`` G (k×d)."""
     sg = cov @ g_mat.T
-    gram = g_mat @ sg
-    lam = 1e-7 * max(float(np.trace(gram)) / max(len(gram), 1), 1e-30)
-    rhs = target_rows @ sg
-    return np.linalg.solve(gram + lam * np.eye(len(gram)), rhs.T).T
+    return ridge_solve(g_mat @ sg, (target_rows @ sg).T, 1e-7).T
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -491,9 +504,7 @@ class FactorPassBase:
         self.force = bool(force)
         self.layers = set(layers or [])
         self.fit = fit
-        if int(relu) < 0:
-            raise SqccError(f"--pass {self.technique}: relu={relu} out of range: must be ≥ 0")
-        self.relu = int(relu)
+        self.relu = self._rounds("relu", relu)
         self._relu_bias: dict = {}
 
     def _relu_refit(self, layer: LayerFit, f, b0):
@@ -553,6 +564,12 @@ class FactorPassBase:
             f.detail += (f"; ReLU-aware refit ({self.relu} iterations): post-ReLU error "
                          f"{math.sqrt(best_loss / max(first, 1e-30)):.3f} of the linear fit's")
         return f
+
+    def _rounds(self, param: str, value) -> int:
+        """An iteration count parameter (relu=, als=): an integer ≥ 0."""
+        if int(value) < 0:
+            raise SqccError(f"--pass {self.technique.split(':')[0]}: {param}={value} out of range: must be ≥ 0")
+        return int(value)
 
     # the fit mode for a layer: data-aware when calibration activations exist (unless fit=weight)
     def _use_data(self):

@@ -24,7 +24,8 @@ import numpy as np
 import tvm
 
 from . import Param, register
-from ._factor import ConvSpec, Factorization, FactorPassBase, LayerFit, final_refit, RELU_ITERS
+from ._factor import (ConvSpec, Factorization, FactorPassBase, LayerFit, alternate, final_refit, ridge_solve,
+                      RELU_ITERS)
 from ..errors import SqccError
 
 
@@ -76,36 +77,22 @@ def _als(layer: LayerFit, i: int, b, rounds: int):
     improved filters (the caller refits the pointwise weight last). Minimises E‖T p − A·G(B)p‖² with
     (T, Σ) = ``layer.target(i)`` (so upstream rewrites and ReLU-aware targets are honoured)."""
     cg, m_, kk = b.shape
-    if rounds <= 0 or cg * m_ * kk > ALS_MAX_DIM:
+    if cg * m_ * kk > ALS_MAX_DIM:
         return b
     t, c = layer.target(i)
-    if not np.any(t):  # a dead group: nothing to fit, and the solves would be singular
-        return b
     c4 = c.reshape(cg, kk, cg, kk)
     tc = t @ c
-    try:
-        out = _als_rounds(b, c, c4, tc, rounds)
-    except np.linalg.LinAlgError:  # a degenerate group: keep the SVD's filters
-        return b
-    return out if np.all(np.isfinite(out)) else b
 
-
-def _als_rounds(b, c, c4, tc, rounds):
-    cg, m_, kk = b.shape
-    for _ in range(rounds):
+    def step(b):
         gm = _depthwise_features(b)
-        gram = gm @ c @ gm.T
-        lam = 1e-9 * max(float(np.trace(gram)) / len(gram), 1e-30)
-        a = np.linalg.solve(gram + lam * np.eye(len(gram)), (tc @ gm.T).T).T
-        ama = (a.T @ a).reshape(cg, m_, cg, m_)
-        h = np.einsum("amcn,akcl->amkcnl", ama, c4).reshape(cg * m_ * kk, -1)
+        a = ridge_solve(gm @ c @ gm.T, (tc @ gm.T).T, 1e-9).T  # the pointwise conv, B fixed
+        h = np.einsum("amcn,akcl->amkcnl", (a.T @ a).reshape(cg, m_, cg, m_), c4).reshape(cg * m_ * kk, -1)
         r = (a.T @ tc).reshape(cg, m_, cg, kk)
-        rhs = np.stack([r[k, :, k, :] for k in range(cg)]).reshape(-1)
-        lam = 1e-9 * max(float(np.trace(h)) / len(h), 1e-30)
-        b = np.linalg.solve(h + lam * np.eye(len(h)), rhs).reshape(cg, m_, kk)
+        b = ridge_solve(h, np.stack([r[k, :, k, :] for k in range(cg)]).reshape(-1), 1e-9).reshape(cg, m_, kk)
         # rescale each filter to unit norm: A absorbs the scale, and the system stays well conditioned
-        b = b / np.maximum(np.linalg.norm(b, axis=2, keepdims=True), 1e-30)
-    return b
+        return b / np.maximum(np.linalg.norm(b, axis=2, keepdims=True), 1e-30)
+
+    return alternate(b, t, rounds, step)
 
 
 def fit_dwsep(layer: LayerFit, multiplier: int = 1, use_data=True, refit=True,
@@ -173,10 +160,8 @@ class DepthwiseSeparable(FactorPassBase):
         super().__init__(context, force, layers, fit, relu)
         if int(multiplier) < 1:
             raise SqccError(f"--pass dwsep: multiplier={multiplier} out of range: must be an integer ≥ 1")
-        if int(als) < 0:
-            raise SqccError(f"--pass dwsep: als={als} out of range: must be ≥ 0")
         self.multiplier = int(multiplier)
-        self.als = int(als)
+        self.als = self._rounds("als", als)
 
     def fit_layer(self, layer):
         return fit_dwsep(layer, self.multiplier, self._use_data(), als=self.als)

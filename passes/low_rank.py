@@ -24,8 +24,8 @@ import numpy as np
 import tvm
 
 from . import Param, register
-from ._factor import (Factorization, ConvSpec, FactorPassBase, LayerFit, check_energy, check_rank_param,
-                      choose_rank, final_refit, RELU_ITERS)
+from ._factor import (Factorization, ConvSpec, FactorPassBase, LayerFit, alternate, check_energy,
+                      check_rank_param, choose_rank, final_refit, ridge_solve, RELU_ITERS)
 from ..errors import SqccError
 
 SCHEMES = ("weight", "spatial", "channel")
@@ -125,8 +125,7 @@ ALS_MAX_DIM = 2000  # the V-step solves an (r·C·Kh)² system: skipped above th
 
 def _spatial_features(v, kw):
     """G (r·Kw × C·Kh·Kw): the vertical filters V (r × C·Kh) applied at each of the Kw columns."""
-    r = v.shape[0]
-    cg_kh = v.shape[1]
+    r, cg_kh = v.shape
     gm = np.zeros((r, kw, cg_kh, kw))
     for x in range(kw):
         gm[:, x, :, x] = v
@@ -138,37 +137,25 @@ def _spatial_als(layer: LayerFit, i: int, v, rounds: int):
     the least-squares fit; with H fixed the output Σ_(k,x) H[n,k,x]·Σ_(c,y) V[k,c,y]·p[c,y,x] is linear
     in V. Minimises E‖T p − Ŵ p‖² with (T, Σ) = ``layer.target(i)``; returns the improved V."""
     r, cgkh = v.shape
-    if rounds <= 0 or r * cgkh > ALS_MAX_DIM:
+    if r * cgkh > ALS_MAX_DIM:
         return v
-    _, cg, kh, kw = layer.weight.shape
+    kw = layer.weight.shape[3]
     t, c = layer.target(i)
-    if not np.any(t):  # a dead group (a zero depthwise filter): nothing to fit, and the solves would be singular
-        return v
     tc = t @ c
-    c6 = c.reshape(cg * kh, kw, cg * kh, kw)  # (c, y), x, (c', y'), x'
-    try:
-        out = _spatial_als_rounds(v, c, tc, c6, kw, rounds)
-    except np.linalg.LinAlgError:  # a degenerate group: keep the SVD's filters
-        return v
-    return out if np.all(np.isfinite(out)) else v
+    # Σ as [(c,y),(c',y')] × [(x,x')] pairs, for the V-step's Hessian
+    cc = c.reshape(cgkh, kw, cgkh, kw).transpose(0, 2, 1, 3).reshape(cgkh * cgkh, kw * kw)
 
-
-def _spatial_als_rounds(v, c, tc, c6, kw, rounds):
-    r, cgkh = v.shape
-    for _ in range(rounds):
+    def step(v):
         gm = _spatial_features(v, kw)
-        gram = gm @ c @ gm.T
-        lam = 1e-9 * max(float(np.trace(gram)) / len(gram), 1e-30)
-        h = np.linalg.solve(gram + lam * np.eye(len(gram)), (tc @ gm.T).T).T
+        h = ridge_solve(gm @ c @ gm.T, (tc @ gm.T).T, 1e-9).T  # the horizontal factor, V fixed
         # hess[(k,a),(l,b)] = Σ_(x,z) (HᵀH)[(k,x),(l,z)]·Σ[(a,x),(b,z)]: one GEMM over the (x, z) pairs
         hh = (h.T @ h).reshape(r, kw, r, kw).transpose(0, 2, 1, 3).reshape(r * r, kw * kw)
-        cc = c6.transpose(0, 2, 1, 3).reshape(cgkh * cgkh, kw * kw)
         hess = (hh @ cc.T).reshape(r, r, cgkh, cgkh).transpose(0, 2, 1, 3).reshape(r * cgkh, r * cgkh)
         rhs = np.einsum("kxax->ka", (h.T @ tc).reshape(r, kw, cgkh, kw)).reshape(-1)
-        lam = 1e-9 * max(float(np.trace(hess)) / len(hess), 1e-30)
-        v = np.linalg.solve(hess + lam * np.eye(len(hess)), rhs).reshape(r, cgkh)
-        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)  # H absorbs the scale
-    return v
+        v = ridge_solve(hess, rhs, 1e-9).reshape(r, cgkh)
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)  # H absorbs the scale
+
+    return alternate(v, t, rounds, step)
 
 
 def fit_spatial(layer: LayerFit, rank=None, energy=None, use_data=True, refit=True,
@@ -240,14 +227,13 @@ def fit(layer: LayerFit, scheme: str, rank=None, energy=None, use_data=True, als
 class LowRank(FactorPassBase):
     """Low-rank splitting of convs and matmuls (see the module docstring)."""
 
+    technique = "lowrank"  # lowrank:<scheme> once the scheme is known
     tag = "lr"
 
     def __init__(self, context=None, scheme="channel", rank=None, energy=None, force=False, layers=(),
                  fit="auto", relu=RELU_ITERS, als=ALS_ROUNDS):
         super().__init__(context, force, layers, fit, relu)
-        if int(als) < 0:
-            raise SqccError(f"--pass lowrank: als={als} out of range: must be ≥ 0")
-        self.als = int(als)
+        self.als = self._rounds("als", als)
         if scheme not in SCHEMES:
             raise SqccError(f"--pass lowrank: scheme={scheme}: expected one of {', '.join(SCHEMES)}")
         check_rank_param("lowrank", rank)

@@ -615,8 +615,7 @@ def eval_set(model, folder, limit=None):
 def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight", "data"),
           metric: str = "macs", techniques=TECHNIQUES, plot: str | None = None, eval_limit=None,
           calibration_limit: int = 64, calibration_views: int = 1, refit_rounds: int = 0,
-          sensitivity: bool = True,
-          sequential: bool = True, compensate: bool = True, relu: int | None = None,
+          sensitivity: bool = True, sequential: bool = True, compensate: bool = True, relu: int | None = None,
           progress=None) -> list[dict]:
     """For each budget and fitting mode: plan, rewrite, build, run on the evaluation images and
     measure MACs, params, top-1 agreement with the original, logit relative error and (with labels)

@@ -29,6 +29,8 @@ def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None
     evaluation recipe (an image already at the input size has only the centre and its mirror)."""
     from PIL import Image, UnidentifiedImageError
 
+    if view not in VIEWS:
+        raise SqccError(f"unknown image view '{view}' (one of {', '.join(VIEWS)})")
     path = Path(path)
     try:
         with Image.open(path) as im:
@@ -38,8 +40,6 @@ def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None
         raise SqccError(f"{path}: no such image") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise SqccError(f"{path}: cannot decode image ({e.__class__.__name__})") from None
-    if view not in VIEWS:
-        raise SqccError(f"unknown image view '{view}' (one of {', '.join(VIEWS)})")
     crop, _, flip = view.partition("+")
     h, w = pre.size
     if img.size != (w, h):

@@ -64,7 +64,10 @@ def test_reduced_multiplier_saves_macs_and_reports_error(squeezenet):
 
 @pytest.mark.parametrize("spec, msg", [("dwsep:multiplier=0", "multiplier=0"),
                                        ("dwsep:multiplier=x", "expected an integer"),
-                                       ("dwsep:rank=2", "unknown parameter 'rank'")])
+                                       ("dwsep:rank=2", "unknown parameter 'rank'"),
+                                       ("dwsep:als=-1", "dwsep: als=-1 out of range"),
+                                       ("lowrank:relu=-1", "lowrank: relu=-1 out of range"),
+                                       ("lowrank:scheme=spatial,als=-2", "lowrank: als=-2 out of range")])
 def test_bad_parameters(spec, msg):
     with pytest.raises(SqccError) as e:
         passes.create(spec)
