@@ -19,13 +19,11 @@ these are about equal, and a layer whose price stands out was given the wrong ra
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_IMAGES = HERE.parents[1] / "shared" / "data" / "imagenet-sample"
@@ -85,12 +83,7 @@ def main(argv=None):
     feeds, _, _ = budget.eval_set(m, args.images)
     acts = collect_activations(m.mod, calib, max_samples=len(calib))
     ref = budget._logits(m.mod, feeds)
-
-    def digest(f):
-        return hashlib.sha1(b"".join(np.ascontiguousarray(v).tobytes() for _, v in sorted(f.items()))).hexdigest()
-
-    seen = {digest(f) for f in calib}
-    ho = np.array([digest(f) not in seen for f in feeds])
+    ho = budget.heldout_mask(calib, feeds)
     total, _ = budget._model_totals(m.mod)
     results = []
     for name, sp, saved in runs:

@@ -612,6 +612,18 @@ def eval_set(model, folder, limit=None):
     return feeds, y, [f.name for f in files]
 
 
+def heldout_mask(calib, feeds) -> np.ndarray:
+    """Boolean mask over ``feeds``: True where the feed (its input arrays, byte for byte) is not one of
+    the calibration feeds ``calib`` — the held-out inputs every agreement figure is headlined on."""
+    import hashlib
+
+    def digest(feed):
+        return hashlib.sha1(b"".join(np.ascontiguousarray(v).tobytes() for _, v in sorted(feed.items()))).hexdigest()
+
+    seen = {digest(f) for f in calib}
+    return np.array([digest(f) not in seen for f in feeds], dtype=bool)
+
+
 def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight", "data"),
           metric: str = "macs", techniques=TECHNIQUES, plot: str | None = None, eval_limit=None,
           calibration_limit: int = 64, calibration_views: int = 1, refit_rounds: int = 0,
@@ -649,13 +661,7 @@ def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight",
     ref = _logits(m.mod, feeds, say, "original")
     ref_top1 = ref.argmax(1)
     total_macs, total_params = _model_totals(m.mod)
-    import hashlib
-
-    def digest(feed):
-        return hashlib.sha1(b"".join(np.ascontiguousarray(v).tobytes() for _, v in sorted(feed.items()))).hexdigest()
-
-    seen = {digest(f) for f in calib}
-    heldout = np.array([digest(f) not in seen for f in feeds])
+    heldout = heldout_mask(calib, feeds)
 
     def row(budget, mode, logits, macs, params, plan=None):
         top1 = logits.argmax(1)

@@ -207,3 +207,20 @@ def test_cli_compile_with_budget_end_to_end(tmp_path):
     assert [x["spec"] for x in manifest["passes"]][:len(plan["passes"])] == plan["passes"]
     r = run_cli("run", tmp_path / "c.tar", "--image", IMAGES / "000_tench.jpg", "--print-top", "1", check=0)
     assert "1. class" in r.stdout
+
+
+def test_sweep_on_small_model_reports_heldout_agreement(tmp_path):
+    """The sweep end to end on feeds: one row for the original and one per budget and mode, with
+    agreement measured on all evaluation inputs and on those not used for calibration."""
+    m = two_conv_model()
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((1, 4, 12, 12)).astype(np.float32)} for _ in range(8)]
+    new = [{"x": rng.standard_normal((1, 4, 12, 12)).astype(np.float32)} for _ in range(4)]
+    mask = budget.heldout_mask(calib, calib[:3] + new)
+    assert mask.tolist() == [False] * 3 + [True] * 4
+    rows = budget.sweep(m, [0.6], calib, calib + new, modes=("weight", "data"), plot=str(tmp_path / "p.png"))
+    assert [(r["budget"], r["mode"]) for r in rows] == [(1.0, "original"), (0.6, "weight"), (0.6, "data")]
+    assert rows[0]["agreement"] == 1.0 and rows[0]["n_heldout"] == 4 and rows[0]["n_eval"] == 12
+    for r in rows[1:]:
+        assert r["macs_frac"] <= 0.6 + 1e-9 and 0.0 <= r["agreement_heldout"] <= 1.0 and r["passes"]
+    assert (tmp_path / "p.png").stat().st_size > 0
