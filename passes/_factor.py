@@ -42,6 +42,9 @@ class ConvSpec:
     padding: tuple = (0, 0, 0, 0)  # top, left, bottom, right
     dilation: tuple = (1, 1)
     groups: int = 1
+    # channels of the input gathered (in this order, repeats allowed) before the conv: dwsep with a
+    # multiplier that varies per input channel; None: the input as it is
+    in_index: np.ndarray | None = None
 
 
 @dataclass
@@ -463,13 +466,18 @@ def relu_biases(func) -> dict:
 
 
 def emit_chain(builder, data, layer: LayerFit, f: Factorization, tag: str):
-    """Emit all but the last op of the chain (named ``{layer}__{tag}{k}``) and return the last
-    (un-emitted) expr; the rewriter binds it under the layer's own name."""
+    """Emit all but the last op of the chain (named ``{layer}__{tag}{k}``; a channel gather before conv
+    k is ``{layer}__{tag}g{k}``) and return the last (un-emitted) expr; the rewriter binds it under the
+    layer's own name."""
     from tvm import relax
 
     x = data
     n = len(f.convs)
     for k, c in enumerate(f.convs):
+        if getattr(c, "in_index", None) is not None:
+            # a channel gather (no MACs); named so the sequential refit can collect the chain's input
+            idx = relax.const(np.asarray(c.in_index, dtype=np.int64))
+            x = builder.emit(relax.op.take(x, idx, axis=1, mode="clip"), f"{layer.name}__{tag}g{k}")
         if layer.kind == "matmul":
             expr = relax.op.matmul(x, relax.const(np.ascontiguousarray(c, dtype=np.float32)))
         else:
@@ -709,6 +717,8 @@ def reference_chain(x, layer: "LayerFit", f: "Factorization"):
         return y + (f.bias if f.bias is not None else 0)
     y = x
     for c in f.convs:
+        if getattr(c, "in_index", None) is not None:
+            y = y[:, c.in_index]
         y = reference_conv2d(y, c.weight, c.strides, c.padding, c.dilation, c.groups)
     return y + (f.bias.reshape(1, -1, 1, 1) if f.bias is not None else 0)
 

@@ -78,7 +78,9 @@ def calibration_feeds(model, folder, limit: int = 32, views: int = 1) -> list[di
 # -------------------------------------------------------------------------------------- activations
 
 def _weighted_bindings(func, layers=None):
-    """[(name, data expr)] of conv2d / matmul bindings with constant weights, in order."""
+    """[(name, data expr)] of conv2d / matmul bindings with constant weights, in order; with ``layers``,
+    also the channel gathers (``take``) named there, which feed a rewritten chain (dwsep with per-channel
+    multipliers): their input is the chain's input."""
     from tvm import relax
 
     from .layers import is_const, op_name
@@ -87,7 +89,8 @@ def _weighted_bindings(func, layers=None):
     for block in func.body.blocks:
         for b in block.bindings:
             op = op_name(b.value)
-            if op in ("relax.nn.conv2d", "relax.matmul") and len(b.value.args) > 1 \
+            gather = op == "relax.take" and layers is not None and b.var.name in layers
+            if gather or op in ("relax.nn.conv2d", "relax.matmul") and len(b.value.args) > 1 \
                     and is_const(b.value.args[1]):
                 if layers is not None and b.var.name not in layers:
                     continue
