@@ -9,7 +9,9 @@ uses all its images (``--eval-limit`` to cut). Agreement is also reported on the
 not used for calibration) — the headline figure. Data-aware mode weights the allocation by measured
 held-out sensitivity (``--no-sensitivity`` to turn off) and refits the rewritten layers sequentially
 (``--no-sequential`` / ``--refit-rounds N`` for the alternatives), ReLU-aware where a ReLU follows
-(``--relu 0`` for linear fits) and compensates the layers it does not rewrite (``--no-compensate``). Every number comes from building and running the rewritten model with TVM
+(``--relu 0`` for linear fits) and compensates the layers it does not rewrite (``--no-compensate``);
+``--refine`` re-chooses each rewritten layer's technique with the whole plan realised on a
+calibration split. Every number comes from building and running the rewritten model with TVM
 (llvm, untuned — ~0.15–0.3 s per SqueezeNet image here, so the default sweep takes ~10–15 minutes).
 Set TVM_NUM_THREADS to the cores you want (say which in any figure).
 """
@@ -53,6 +55,9 @@ def main(argv=None):
     ap.add_argument("--relu", type=int, default=None, metavar="N",
                     help="ReLU-aware refit iterations for layers a ReLU follows (default: the passes' "
                          "default, 3; 0: plain linear fits)")
+    ap.add_argument("--refine", action="store_true",
+                    help="re-choose each rewritten layer's technique end to end, fitted on half the "
+                         "calibration images and scored on the other half (a refit of the plan per try)")
     ap.add_argument("--out", default=None, help="output prefix (default out/sweep_<model>)")
     args = ap.parse_args(argv)
 
@@ -70,7 +75,7 @@ def main(argv=None):
                         techniques=tuple(args.techniques.split(",")), plot=str(out) + ".png",
                         eval_limit=args.eval_limit, refit_rounds=args.refit_rounds,
                         sensitivity=args.sensitivity, sequential=args.sequential,
-                        compensate=args.compensate, relu=args.relu, progress=say)
+                        compensate=args.compensate, relu=args.relu, refine=args.refine, progress=say)
     budget.save_rows(rows, str(out) + ".json")
     table = budget.format_rows(rows)
     threads = os.environ.get("TVM_NUM_THREADS", "default")
@@ -80,7 +85,8 @@ def main(argv=None):
             + (", ReLU-aware fits" if args.relu != 0 else ", linear fits")
             + ", dwsep/spatial factors fitted jointly (alternating least squares)"
             + (", un-rewritten layers compensated (cross-validated ridge)"
-               if args.compensate and args.sequential and not args.refit_rounds else ""))
+               if args.compensate and args.sequential and not args.refit_rounds else "")
+            + (", techniques re-chosen end to end on a calibration split" if args.refine else ""))
     views = f" × {args.calib_views} views" if args.calib_views > 1 else ""
     header = (f"{m.name}: {args.metric} budgets {args.budgets}; calibration {len(calib) // args.calib_views} "
               f"images{views} of "

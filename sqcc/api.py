@@ -34,13 +34,15 @@ def _progress(verbose):
 def compile(model, target: str = "host", passes=(), input_shapes=None, calibration=None,
             budget=None, tuning: Tuning | None = None, eval_images=None, check: bool = True,
             dump_ir=None, force: bool = False, progress=False, calibration_limit: int = 32,
-            calibration_views: int = 1) -> Package:
+            calibration_views: int = 1, refine: bool = False) -> Package:
     """Import, rewrite, build and check ``model``; returns a runnable, exportable Package.
 
     ``model``: a known name (``"squeezenet1.1"``), a .onnx/.tflite path, or an onnx.ModelProto.
     ``passes``: specs like ``"lowrank:scheme=spatial,energy=0.9"``. ``calibration``: a folder of
     images for data-aware fitting (``calibration_limit`` of them, spread over the folder;
-    ``calibration_views`` views of each: 2 adds the mirror, up to 10 the ten-crop views). ``budget``: ``"macs=0.7"`` or ``{"macs": 0.7}``. ``eval_images``:
+    ``calibration_views`` views of each: 2 adds the mirror, up to 10 the ten-crop views). ``budget``:
+    ``"macs=0.7"`` or ``{"macs": 0.7}``; with calibration, ``refine`` re-chooses each planned layer's
+    technique end to end on a calibration split (``budget.refine_techniques``). ``eval_images``:
     a labelled folder to measure accuracy and agreement on. ``check``: compare with the original
     model (onnxruntime / LiteRT) on random inputs.
     """
@@ -82,7 +84,7 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         from .budget import plan_budget
 
         say(f"allocating budget {budget}")
-        plan = plan_budget(m, budget, calib_feeds, progress=say)
+        plan = plan_budget(m, budget, calib_feeds, progress=say, refine=refine)
         report["budget"] = plan.to_json()
     ctx.extra["calibration_feeds"] = calib_feeds
     pass_objs = [passes_mod.create(s, ctx) for s in pass_specs]  # validate all before any work

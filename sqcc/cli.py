@@ -143,7 +143,8 @@ def cmd_compile(args):
                       input_shapes=args.input_shape, calibration=args.calibration, budget=budget,
                       calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
                       tuning=tuning, eval_images=args.eval_images, check=not args.no_check,
-                      dump_ir=args.dump_ir, force=args.force, progress=say)
+                      dump_ir=args.dump_ir, force=args.force, progress=say,
+                      refine=getattr(args, "refine", False))
     say(f"writing {out}")
     pkg.export(out)
     r = pkg.report
@@ -445,7 +446,8 @@ def cmd_sweep(args):
     budgets = [float(b) for b in args.budgets.split(",")]
     rows = budget.sweep(args.model, budgets, calibration_inputs=args.calibration,
                         eval_images=args.eval_images, plot=args.plot, progress=say,
-                        calibration_limit=args.calibration_limit, calibration_views=args.calibration_views)
+                        calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
+                        refine=args.refine)
     print(budget.format_rows(rows))
     if args.json:
         budget.save_rows(rows, args.json)
@@ -492,6 +494,10 @@ def build_parser():
                    help="views of each calibration image (1: as evaluated; 2 adds its mirror; up to 10: "
                         "the ten-crop views): more calibration data from the same images")
     p.add_argument("--budget", metavar="macs=F|params=F", help="allocate rewrites to meet a budget")
+    p.add_argument("--refine", action="store_true",
+                   help="with --budget and --calibration: re-choose each planned layer's technique with the "
+                        "whole plan realised, fitted on half the calibration images and scored on the other "
+                        "half (a refit of the plan per try)")
     p.add_argument("--eval-images", metavar="DIR", help="labelled images: report accuracy and agreement")
     p.add_argument("--tuning-records", metavar="FILE", help="apply a tuning database")
     p.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after every phase")
@@ -559,6 +565,8 @@ def build_parser():
     p.add_argument("--eval-images", metavar="DIR")
     p.add_argument("--plot", metavar="PNG")
     p.add_argument("--json", metavar="FILE", help="save the rows as JSON")
+    p.add_argument("--refine", action="store_true",
+                   help="re-choose each planned layer's technique end to end (see compile --refine)")
     common(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -224,3 +224,76 @@ def test_sweep_on_small_model_reports_heldout_agreement(tmp_path):
     for r in rows[1:]:
         assert r["macs_frac"] <= 0.6 + 1e-9 and 0.0 <= r["agreement_heldout"] <= 1.0 and r["passes"]
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_realise_memo_reuses_shared_prefix_and_changes_nothing(monkeypatch):
+    """Plans that share their first rewrites reuse the refit inputs collected for them (no new build
+    for that prefix), and the model is the same as without the memo."""
+    import sqcc.calibrate as calibrate
+    from sqcc.calibrate import collect_activations
+
+    m = two_conv_model()
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.standard_normal((1, 4, 12, 12)).astype(np.float32)} for _ in range(8)]
+    acts = collect_activations(m.mod, feeds)
+    calls = []
+    real = calibrate.collect_activations
+    monkeypatch.setattr(calibrate, "collect_activations", lambda *a, **k: calls.append(k.get("layers")) or real(*a, **k))
+    a = ["lowrank:scheme=channel,rank=3,fit=data,layers=c1", "dwsep:multiplier=2,fit=data,layers=c2"]
+    b = [a[0], "lowrank:scheme=spatial,rank=4,fit=data,layers=c2"]
+    memo: dict = {}
+    outs = {}
+    for name, specs in (("a", a), ("b", b)):
+        calls.clear()
+        mod, records = budget.realise(m.mod, specs, acts, feeds, memo=memo)
+        outs[name] = np.stack([tvm_run(mod, f).reshape(-1) for f in feeds])
+        c2 = next(r for r in records if r.layer == "c2" and r.applied)
+        assert "refitted to the rewritten model's inputs" in c2.detail, c2.detail
+        if name == "a":
+            # dwsep's filters shared by energy: a channel gather starts c2's chain, and its input is
+            # what the refit collects
+            assert "R.take" in mod.script() and "spread by energy" in c2.detail
+            assert calls == [["c2__dwg0", "c2__dw0"]]  # c2's inputs from the refitted c1
+        else:
+            assert calls == []  # same c1 rewrite above c2: its inputs come from the memo
+    for name, specs in (("a", a), ("b", b)):
+        mod, _ = budget.realise(m.mod, specs, acts, feeds)
+        y = np.stack([tvm_run(mod, f).reshape(-1) for f in feeds])
+        assert np.allclose(y, outs[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_refine_techniques_keeps_only_swaps_that_lower_heldout_kl():
+    """Every other technique of every planned layer is tried within the budget; the tries are
+    logged with the KL on the held-out half of the calibration inputs, a swap is kept only when it
+    lowers that KL, and the refined plan (still within budget) scores what its log says."""
+    from sqcc.calibrate import collect_activations
+
+    m = two_conv_model()
+    rng = np.random.default_rng(13)  # a case where swaps are kept on both layers
+    feeds = [{"x": rng.standard_normal((1, 4, 12, 12)).astype(np.float32)} for _ in range(8)]
+    acts = collect_activations(m.mod, feeds)
+    priced = budget.price(m.mod, acts)
+    plan = budget.allocate(m.mod, acts, macs=0.5, priced=priced)
+    refined = budget.refine_techniques(m.mod, plan, priced, acts, feeds, max_ratio=100.0, min_gain=0.0)
+    log = refined.refinement
+    techs = {lf.name: {c.technique for c in cs} for lf, cs in priced}
+    assert len(log) >= sum(len(techs[e.layer]) - 1 for e in plan.entries) - 1  # (one may not fit the budget)
+    assert refined.macs_after <= 0.5 * refined.macs_before
+    assert {t["layer"] for t in log if t["kept"]} == {"c1", "c2"}
+    best = log[0]["kl_before"]
+    for t in log:
+        assert t["kl_before"] == pytest.approx(best) and np.isfinite(t["kl"])
+        assert t["kept"] == (t["kl"] < t["kl_before"])
+        if t["kept"]:
+            best = t["kl"]
+    assert min([log[0]["kl_before"]] + [t["kl"] for t in log]) == pytest.approx(best)
+    kept = {t["layer"]: t["to"] for t in log if t["kept"]}
+    for e0, e1 in zip(plan.entries, refined.entries):
+        assert (f"{e1.technique} {e1.rank}" == kept[e0.layer]) if e0.layer in kept else e0 == e1
+    # the refined plan scored again from scratch: the KL its log ends with
+    ev = {k: v[0::2] for k, v in acts.items()}
+    ref = np.stack([tvm_run(m.mod, f).reshape(-1) for f in feeds[1::2]])
+    mod, _ = budget.realise(m.mod, [budget._entry_spec(e, "data") for e in refined.entries], ev, feeds[0::2])
+    y = np.stack([tvm_run(mod, f).reshape(-1) for f in feeds[1::2]])
+    assert budget._kl(ref, y) == pytest.approx(best, rel=1e-4)
+    assert "refined" in refined.table() and refined.to_json()["refinement"] == log
