@@ -55,6 +55,9 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     from .targets import resolve
 
     say = progress if callable(progress) else _progress(progress)
+    if refine and (budget is None or calibration is None):
+        raise SqccError("--refine re-chooses a budget plan's techniques on calibration images: it needs "
+                        "--budget and --calibration")
     spec = resolve(target)
     say(f"importing {model if isinstance(model, str) else 'model'}")
     m = frontend.load(model, input_shapes)

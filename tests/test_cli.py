@@ -153,6 +153,12 @@ def test_error_unknown_target(tmp_path):
                           r"--target tpu: unknown target")
 
 
+def test_error_refine_without_budget(tmp_path):
+    p = run_cli("compile", "squeezenet1.1", "--refine", "--calibration", IMAGENET, "-o", tmp_path / "o.tar")
+    assert_one_line_error(p, r"--refine .* needs --budget and --calibration")
+    assert not (tmp_path / "o.tar").exists()
+
+
 def test_error_calibration_views_out_of_range(tmp_path):
     p = run_cli("compile", "squeezenet1.1", "--pass", "dwsep:multiplier=2,layers=conv3", "--calibration",
                 IMAGENET, "--calibration-views", "11", "-o", tmp_path / "o.tar")
