@@ -144,7 +144,7 @@ def cmd_compile(args):
                       calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
                       tuning=tuning, eval_images=args.eval_images, check=not args.no_check,
                       dump_ir=args.dump_ir, force=args.force, progress=say,
-                      refine=getattr(args, "refine", False))
+                      refine=args.refine)
     say(f"writing {out}")
     pkg.export(out)
     r = pkg.report
