@@ -413,25 +413,9 @@ def relu_biases(func) -> dict:
     matter only where they are positive (ReLU6 and other clips are not recognised)."""
     from tvm import relax
 
-    from ..layers import is_const, op_name
+    from ..layers import is_const, op_name, values_and_users
 
-    values, users = {}, {}
-
-    def note(expr, user):
-        if isinstance(expr, relax.Var):
-            users.setdefault(expr, []).append(user)
-        elif isinstance(expr, relax.Tuple):
-            for f in expr.fields:
-                note(f, user)
-        elif isinstance(expr, relax.Call):
-            for a in expr.args:
-                note(a, user)
-
-    for block in func.body.blocks:
-        for b in block.bindings:
-            values[b.var] = b.value
-            note(b.value, b.var)
-    note(func.body.body, None)
+    values, users = values_and_users(func)
 
     def const_of(e):
         if is_const(e):

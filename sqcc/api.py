@@ -34,7 +34,7 @@ def _progress(verbose):
 def compile(model, target: str = "host", passes=(), input_shapes=None, calibration=None,
             budget=None, tuning: Tuning | None = None, eval_images=None, check: bool = True,
             dump_ir=None, force: bool = False, progress=False, calibration_limit: int = 32,
-            calibration_views: int = 1, refine: bool = False) -> Package:
+            calibration_views: int = 1, refine: bool = False, techniques=None) -> Package:
     """Import, rewrite, build and check ``model``; returns a runnable, exportable Package.
 
     ``model``: a known name (``"squeezenet1.1"``), a .onnx/.tflite path, or an onnx.ModelProto.
@@ -42,7 +42,8 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     images for data-aware fitting (``calibration_limit`` of them, spread over the folder;
     ``calibration_views`` views of each: 2 adds the mirror, up to 10 the ten-crop views). ``budget``:
     ``"macs=0.7"`` or ``{"macs": 0.7}``; with calibration, ``refine`` re-chooses each planned layer's
-    technique end to end on a calibration split (``budget.refine_techniques``). ``eval_images``:
+    technique end to end on a calibration split (``budget.refine_techniques``); ``techniques`` limits
+    the rewrites the plan may use (default ``budget.TECHNIQUES``). ``eval_images``:
     a labelled folder to measure accuracy and agreement on. ``check``: compare with the original
     model (onnxruntime / LiteRT) on random inputs.
     """
@@ -58,6 +59,8 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     if refine and (budget is None or calibration is None):
         raise SqccError("--refine re-chooses a budget plan's techniques on calibration images: it needs "
                         "--budget and --calibration")
+    if techniques and budget is None:
+        raise SqccError("--techniques chooses the rewrites a budget plan may use: it needs --budget")
     spec = resolve(target)
     say(f"importing {model if isinstance(model, str) else 'model'}")
     m = frontend.load(model, input_shapes)
@@ -87,7 +90,8 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         from .budget import plan_budget
 
         say(f"allocating budget {budget}")
-        plan = plan_budget(m, budget, calib_feeds, progress=say, refine=refine)
+        plan = plan_budget(m, budget, calib_feeds, progress=say, refine=refine,
+                           **({"techniques": tuple(techniques)} if techniques else {}))
         report["budget"] = plan.to_json()
     ctx.extra["calibration_feeds"] = calib_feeds
     pass_objs = [passes_mod.create(s, ctx) for s in pass_specs]  # validate all before any work

@@ -37,13 +37,14 @@ import numpy as np
 
 from .errors import SqccError
 
-TECHNIQUES = ("lowrank", "dwsep", "flatten")
+TECHNIQUES = ("lowrank", "dwsep", "flatten", "poolhoist")
+HOIST_WINDOWS = (2, 3, 0)  # poolhoist windows priced (0: the whole map)
 
 
 @dataclass
 class Candidate:
-    technique: str  # lowrank:weight | lowrank:channel | lowrank:spatial | dwsep | flatten
-    rank: int
+    technique: str  # lowrank:weight | lowrank:channel | lowrank:spatial | dwsep | flatten | poolhoist
+    rank: int  # rank, multiplier, or poolhoist's window
     macs: int
     params: int
     error: float  # relative (output or weight) error of the layer
@@ -100,6 +101,8 @@ class Plan:
                 specs.append(f"dwsep:multiplier={rank},fit={self.fit},layers={lay}")
             elif tech == "flatten":
                 specs.append(f"flatten:rank={rank},iters=30,fit={self.fit},layers={lay}")
+            elif tech == "poolhoist":
+                specs.append(f"poolhoist:window={rank},layers={lay}")
         return specs
 
     def to_json(self):
@@ -117,7 +120,8 @@ class Plan:
                  f"{'layer':<12} {'technique':<16} {'rank':>5} {'MACs before':>12} {'MACs after':>12} "
                  f"{'error':>8}"]
         for e in self.entries:
-            lines.append(f"{e.layer:<12} {e.technique:<16} {e.rank:>5} {e.macs_before:>12,} "
+            rank = "map" if e.technique == "poolhoist" and e.rank == 0 else e.rank  # the whole-map window
+            lines.append(f"{e.layer:<12} {e.technique:<16} {rank:>5} {e.macs_before:>12,} "
                          f"{e.macs_after:>12,} {e.error:>8.4f}")
         for t in self.refinement or []:
             lines.append(f"refined {t['layer']}: {t['from']} → {t['to']}: KL on held-out calibration inputs "
@@ -263,6 +267,57 @@ def _model_totals(mod):
     return t["macs"], t["params"]
 
 
+def check_techniques(techniques) -> tuple:
+    """The techniques a plan may use, checked: one clear error naming the unknown ones."""
+    known = set(TECHNIQUES) | {"lowrank:weight", "lowrank:channel", "lowrank:spatial"}
+    techniques = tuple(techniques)
+    bad = [t for t in techniques if t not in known]
+    if bad or not techniques:
+        raise SqccError(f"budget: unknown technique(s) {', '.join(bad) or '(none given)'} (available: "
+                        f"{', '.join(TECHNIQUES)}; lowrank:weight, lowrank:channel, lowrank:spatial for one scheme)")
+    return techniques
+
+
+def hoist_candidates(mod, priced, feeds, sensitivity: dict | None = None, windows=HOIST_WINDOWS,
+                     progress=None) -> list:
+    """Price ``poolhoist`` (:mod:`passes.pool_hoist`) for the layers it matches and add its candidates
+    to ``priced`` (in place; returns [(layer, candidate, KL)]). It has nothing to fit, so its effect is
+    measured directly: the model with the hoist alone is built and run on the calibration ``feeds``,
+    and the candidate's error is set so that the allocation's currency, s·error², equals that KL (s
+    the layer's ``sensitivity``, KL per unit squared layer error). Without sensitivities the error is
+    the pass's own: the relative error of the pooled output on the feeds. One build per window."""
+    from . import passes
+    from .calibrate import collect_activations
+
+    by_name = {lf.name: cands for lf, cands in priced}
+    ref = _logits(mod, feeds) if sensitivity else None
+    acts = None
+    added = []
+    for w in windows:
+        ctx = passes.PassContext(activations=acts)
+        new = passes.create(f"poolhoist:window={w}", ctx)(mod)
+        recs = [r for r in ctx.records if r.applied and r.layer in by_name]
+        if recs and not sensitivity and acts is None:  # the pooled outputs' error needs the inputs
+            acts = collect_activations(mod, feeds, layers=[r.layer for r in recs], max_samples=len(feeds))
+            ctx = passes.PassContext(activations=acts)
+            new = passes.create(f"poolhoist:window={w}", ctx)(mod)
+            recs = [r for r in ctx.records if r.applied and r.layer in by_name]
+        kl = _kl(ref, _logits(new, feeds)) if recs and sensitivity else None
+        for r in recs:
+            if sensitivity and r.layer in sensitivity:
+                err = math.sqrt(max(kl, 0.0) / max(float(sensitivity[r.layer]), 1e-30))
+            else:
+                err = float(r.output_error or 0.0)
+            c = Candidate("poolhoist", int(w), r.macs_after, r.params_after, err)
+            by_name[r.layer].append(c)
+            added.append((r.layer, c, kl))
+            if progress:
+                progress(f"poolhoist {r.layer} window {w}: MACs {r.macs_before:,} → {r.macs_after:,}"
+                         + (f", KL {kl:.4f} on {len(feeds)} calibration inputs" if kl is not None else "")
+                         + f" (error {err:.4f})")
+    return added
+
+
 def allocate(mod, activations=None, macs: float | None = None, params: float | None = None,
              techniques=TECHNIQUES, fit: str = "auto", progress=None, priced=None,
              sensitivity: dict | None = None) -> Plan:
@@ -280,10 +335,7 @@ def allocate(mod, activations=None, macs: float | None = None, params: float | N
         raise SqccError(f"budget {metric}={target}: expected a fraction in (0, 1]") from None
     if not (0.0 < target <= 1.0):
         raise SqccError(f"budget {metric}={target:g} out of range: expected a fraction in (0, 1]")
-    known = set(TECHNIQUES) | {"lowrank:weight", "lowrank:channel", "lowrank:spatial"}
-    bad = [t for t in techniques if t not in known]
-    if bad:
-        raise SqccError(f"budget: unknown technique(s) {', '.join(bad)} (available: {', '.join(TECHNIQUES)})")
+    check_techniques(techniques)
     if fit == "data" and activations is None:
         raise SqccError("budget with fit=data needs calibration activations (--calibration DIR)")
     use_data = activations is not None and fit != "weight"
@@ -302,41 +354,78 @@ def allocate(mod, activations=None, macs: float | None = None, params: float | N
     if min_reach > goal + 1e-9:
         raise SqccError(f"budget {metric}={target:g} is unreachable: with {', '.join(techniques)} the "
                         f"smallest reachable is {metric}={min_reach / total:.3f} of the original")
-    # Greedy: current choice per layer (None = original), then the cheapest error per unit saved.
     sens = [float((sensitivity or {}).get(lf.name, 1.0)) for lf, _ in per_layer]
-    cur = [None] * len(per_layer)
-    cur_cost = list(base_cost)
-    cur_err2 = [0.0] * len(per_layer)
-    spent = fixed + sum(cur_cost)
-    while spent > goal:
-        best = None
-        for i, (lf, cands) in enumerate(per_layer):
-            for c in cands:
-                saved = cur_cost[i] - cost(c)
-                if saved <= 0:
-                    continue
-                ratio = sens[i] * (c.error ** 2 - cur_err2[i]) / saved
-                if best is None or ratio < best[0]:
-                    best = (ratio, i, c)
-        if best is None:  # cannot happen when min_reach <= goal
-            break
-        _, i, c = best
-        if spent - (cur_cost[i] - cost(c)) < goal:
-            # the last step: of all steps that reach the budget, take the one adding the least error
-            # (so a big cheap-per-MAC jump does not overshoot the budget by much)
-            fin = None
-            for j, (lf, cands) in enumerate(per_layer):
-                for cc in cands:
-                    saved = cur_cost[j] - cost(cc)
-                    if saved <= 0 or spent - saved > goal:
+
+    def greedy(forced: dict):
+        """Greedy from the original (``forced``: {layer index: candidate} fixed first): the cheapest
+        error per unit saved until the budget is met, then the slack filled back. Returns (choice per
+        layer, None = original; total weighted squared error)."""
+        cur = [None] * len(per_layer)
+        cur_cost = list(base_cost)
+        cur_err2 = [0.0] * len(per_layer)
+        for i, c in forced.items():
+            cur[i], cur_cost[i], cur_err2[i] = c, cost(c), c.error ** 2
+        spent = fixed + sum(cur_cost)
+        free = [(i, lf, cands) for i, (lf, cands) in enumerate(per_layer) if i not in forced]
+        while spent > goal:
+            best = None
+            for i, lf, cands in free:
+                for c in cands:
+                    saved = cur_cost[i] - cost(c)
+                    if saved <= 0:
                         continue
-                    add = sens[j] * (cc.error ** 2 - cur_err2[j])
-                    if fin is None or add < fin[0]:
-                        fin = (add, j, cc)
-            if fin is not None:
-                _, i, c = fin
-        spent -= cur_cost[i] - cost(c)
-        cur[i], cur_cost[i], cur_err2[i] = c, cost(c), c.error ** 2
+                    ratio = sens[i] * (c.error ** 2 - cur_err2[i]) / saved
+                    if best is None or ratio < best[0]:
+                        best = (ratio, i, c)
+            if best is None:
+                return None, math.inf  # the forced choices leave the budget out of reach
+            _, i, c = best
+            if spent - (cur_cost[i] - cost(c)) < goal:
+                # the last step: of all steps that reach the budget, take the one adding the least error
+                # (so a big cheap-per-MAC jump does not overshoot the budget by much)
+                fin = None
+                for j, lf, cands in free:
+                    for cc in cands:
+                        saved = cur_cost[j] - cost(cc)
+                        if saved <= 0 or spent - saved > goal:
+                            continue
+                        add = sens[j] * (cc.error ** 2 - cur_err2[j])
+                        if fin is None or add < fin[0]:
+                            fin = (add, j, cc)
+                if fin is not None:
+                    _, i, c = fin
+            spent -= cur_cost[i] - cost(c)
+            cur[i], cur_cost[i], cur_err2[i] = c, cost(c), c.error ** 2
+        # Fill the slack a big last step leaves: give MACs back to rewritten layers (a larger rank or
+        # multiplier, or the original) while the budget holds, the most error removed per MAC first.
+        while True:
+            best = None
+            for i, lf, cands in free:
+                if cur[i] is None:
+                    continue
+                for c, cc, e2 in [(None, base_cost[i], 0.0)] + [(c, cost(c), c.error ** 2) for c in cands]:
+                    extra = cc - cur_cost[i]
+                    gain = sens[i] * (cur_err2[i] - e2)
+                    if extra <= 0 or spent + extra > goal or gain <= 0:
+                        continue
+                    if best is None or gain / extra > best[0]:
+                        best = (gain / extra, i, c, cc, e2)
+            if best is None:
+                break
+            _, i, c, cc, e2 = best
+            spent += cc - cur_cost[i]
+            cur[i], cur_cost[i], cur_err2[i] = c, cc, e2
+        return cur, sum(s_ * e for s_, e in zip(sens, cur_err2))
+
+    # poolhoist saves a quarter of SqueezeNet in one step, too coarse for the greedy's steps: each of
+    # its options (and none) is fixed in turn, the rest allocated greedily, and the least total error wins
+    coarse = [i for i, (lf, cands) in enumerate(per_layer) if any(c.technique == "poolhoist" for c in cands)]
+    options = [{}]
+    for i in coarse:
+        options = options + [{**o, i: c} for o in options for c in per_layer[i][1] if c.technique == "poolhoist"]
+    cur, _ = min((greedy(o) for o in options), key=lambda r: r[1])
+    if cur is None:  # cannot happen when min_reach <= goal (the empty option reaches it)
+        raise SqccError(f"budget {metric}={target:g}: no allocation found")
     entries = []
     macs_after, params_after = total_macs, total_params
     for (lf, _), c in zip(per_layer, cur):
@@ -480,6 +569,7 @@ def plan_budget(model, budget, calib_feeds=None, progress=None, techniques=TECHN
     activations it used (``plan.activations``) so the caller need not collect them again; realise it
     with :func:`apply_plan` and the calibration feeds for the sequential refit."""
     b = parse_budget(budget)
+    techniques = check_techniques(techniques)
     if activations is None and calib_feeds:
         from .calibrate import collect_activations
 
@@ -490,6 +580,8 @@ def plan_budget(model, budget, calib_feeds=None, progress=None, techniques=TECHN
     if sensitivity and fit == "data" and calib_feeds:
         feeds = list(calib_feeds)[:sensitivity_inputs] if sensitivity_inputs else list(calib_feeds)
         sens = layer_sensitivity(model.mod, priced, activations, feeds, progress=progress)
+    if "poolhoist" in techniques and fit == "data" and calib_feeds:
+        hoist_candidates(model.mod, priced, list(calib_feeds), sens, progress=progress)
     plan = allocate(model.mod, activations, techniques=techniques, progress=progress, fit=fit,
                     priced=priced, sensitivity=sens, **b)
     if refine and fit == "data" and calib_feeds:
@@ -589,11 +681,24 @@ def realise(mod, specs, activations=None, feeds=None, rounds: int = 0, progress=
     share a prefix reuse its collected inputs instead of building the model again for each layer
     (used by :func:`refine_techniques`; needs every spec to name its ``layers=``).
 
+    ``poolhoist`` specs are applied last, to the refitted model (a hoisted conv is then the
+    compensated one; the hoist has nothing to fit).
+
     Returns (module, LayerRecords of the last application)."""
     from tvm import relax
 
     from . import passes
     from .calibrate import collect_activations
+
+    hoists = [s for s in specs if s.split(":")[0].strip() == "poolhoist"]
+    if hoists:
+        new, records = realise(mod, [s for s in specs if s not in hoists], activations, feeds, rounds,
+                               progress, sequential, compensate, compensate_shrink, relu,
+                               compensate_bias_only, memo)
+        ctx = passes.PassContext(activations=activations)
+        for spec in hoists:
+            new = passes.create(spec, ctx)(new)
+        return new, list(records) + ctx.records
 
     if relu is not None:
         specs = [s if "relu=" in s or not s.split(":")[0] in TAGS else f"{s},relu={int(relu)}" for s in specs]
@@ -789,6 +894,7 @@ def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight",
     from .calibrate import calibration_feeds, collect_activations
 
     say = progress or (lambda msg: None)
+    techniques = check_techniques(techniques)
     m = model if hasattr(model, "mod") else frontend.load(model)
     if isinstance(calibration_inputs, (str, Path)):
         calib = calibration_feeds(m, calibration_inputs, limit=calibration_limit, views=calibration_views)
@@ -843,6 +949,8 @@ def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight",
                 if mode == "data" and sensitivity:
                     sens = layer_sensitivity(m.mod, priced[mode], acts, calib, progress=say,
                                              techniques=techniques, relu=relu)
+                if mode == "data" and "poolhoist" in techniques:
+                    hoist_candidates(m.mod, priced[mode], calib, sens, progress=say)
             plan = allocate(m.mod, acts if mode == "data" else None, techniques=techniques,
                             fit=mode, priced=priced[mode], sensitivity=sens if mode == "data" else None,
                             **{metric: b})
@@ -852,7 +960,9 @@ def sweep(model, budgets, calibration_inputs, eval_images=None, modes=("weight",
             mod, _ = apply_plan(m.mod, plan, acts, calib if mode == "data" else None, refit_rounds,
                                 sequential, compensate=compensate, relu=relu)
             logits = _logits(mod, feeds)
-            r = row(b, mode, logits, plan.macs_after, plan.params_after, plan)
+            # the realised model's own totals (a rewrite the plan counted but could not apply shows)
+            macs_real, params_real = _model_totals(mod)
+            r = row(b, mode, logits, macs_real, params_real, plan)
             r["seconds"] = time.perf_counter() - t0
             rows.append(r)
             say(f"{metric}={b:g} {mode}: MACs {r['macs_frac']:.3f} agreement {r['agreement']:.3f}"

@@ -144,7 +144,7 @@ def cmd_compile(args):
                       calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
                       tuning=tuning, eval_images=args.eval_images, check=not args.no_check,
                       dump_ir=args.dump_ir, force=args.force, progress=say,
-                      refine=args.refine)
+                      refine=args.refine, techniques=_techniques(args.techniques))
     say(f"writing {out}")
     pkg.export(out)
     r = pkg.report
@@ -207,6 +207,15 @@ def _print_pass_report(r):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
         if k == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def _techniques(text):
+    """--techniques a,b → a checked tuple (None: the budget's default set)."""
+    if not text:
+        return None
+    from .budget import check_techniques
+
+    return check_techniques([t.strip() for t in text.split(",") if t.strip()])
 
 
 def _parse_budget(text):
@@ -447,7 +456,8 @@ def cmd_sweep(args):
     rows = budget.sweep(args.model, budgets, calibration_inputs=args.calibration,
                         eval_images=args.eval_images, plot=args.plot, progress=say,
                         calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
-                        refine=args.refine)
+                        refine=args.refine, **({"techniques": _techniques(args.techniques)}
+                                               if args.techniques else {}))
     print(budget.format_rows(rows))
     if args.json:
         budget.save_rows(rows, args.json)
@@ -494,6 +504,9 @@ def build_parser():
                    help="views of each calibration image (1: as evaluated; 2 adds its mirror; up to 10: "
                         "the ten-crop views): more calibration data from the same images")
     p.add_argument("--budget", metavar="macs=F|params=F", help="allocate rewrites to meet a budget")
+    p.add_argument("--techniques", metavar="LIST",
+                   help="with --budget: the rewrites the plan may use, comma-separated (default "
+                        "lowrank,dwsep,flatten,poolhoist; lowrank:weight|channel|spatial for one scheme)")
     p.add_argument("--refine", action="store_true",
                    help="with --budget and --calibration: re-choose each planned layer's technique with the "
                         "whole plan realised, fitted on half the calibration images and scored on the other "
@@ -567,6 +580,9 @@ def build_parser():
     p.add_argument("--json", metavar="FILE", help="save the rows as JSON")
     p.add_argument("--refine", action="store_true",
                    help="re-choose each planned layer's technique end to end (see compile --refine)")
+    p.add_argument("--techniques", metavar="LIST",
+                   help="the rewrites the plan may use, comma-separated (default "
+                        "lowrank,dwsep,flatten,poolhoist; lowrank:weight|channel|spatial for one scheme)")
     common(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -51,6 +51,30 @@ def _bindings(func):
         yield from block.bindings
 
 
+def values_and_users(func) -> tuple[dict, dict]:
+    """({var: bound value}, {var: [vars of the bindings that read it]}) over ``func``'s bindings; the
+    function's result counts as a reader ``None``."""
+    from tvm import relax
+
+    values, users = {}, {}
+
+    def note(expr, user):
+        if isinstance(expr, relax.Var):
+            users.setdefault(expr, []).append(user)
+        elif isinstance(expr, relax.Tuple):
+            for f in expr.fields:
+                note(f, user)
+        elif isinstance(expr, relax.Call):
+            for a in expr.args:
+                note(a, user)
+
+    for b in _bindings(func):
+        values[b.var] = b.value
+        note(b.value, b.var)
+    note(func.body.body, None)
+    return values, users
+
+
 def is_const(expr) -> bool:
     return type(expr).__name__ == "GenericConst"
 

@@ -188,14 +188,14 @@ def test_compensation_of_unrewritten_layers_on_small_model(monkeypatch):
 @pytest.mark.timeout(1500)
 def test_cli_compile_with_budget_end_to_end(tmp_path):
     """`sqcc compile squeezenet1.1 --budget macs=F --calibration DIR --eval-images DIR`: the plan is
-    allocated (held-out sensitivity), realised with the sequential refit, reported and stored in the
-    package, which loads and runs like any other."""
+    allocated (held-out sensitivity, the pool hoist priced by measured KL), realised with the
+    sequential refit, reported and stored in the package, which loads and runs like any other."""
     import json
     import tarfile
 
     from conftest import run_cli
 
-    p = run_cli("compile", "squeezenet1.1", "--budget", "macs=0.95", "--calibration", IMAGES,
+    p = run_cli("compile", "squeezenet1.1", "--budget", "macs=0.7", "--calibration", IMAGES,
                 "--calibration-limit", "8", "--eval-images", IMAGES, "-o", tmp_path / "c.tar",
                 check=0, env={"TVM_NUM_THREADS": "2"})
     assert "refitted to the rewritten model's inputs" in p.stdout  # the sequential refit ran
@@ -203,9 +203,12 @@ def test_cli_compile_with_budget_end_to_end(tmp_path):
         report = json.load(t.extractfile("report.json"))
         manifest = json.load(t.extractfile("manifest.json"))
     plan = report["budget"]
-    assert plan["fit"] == "data" and plan["sensitivity"] and plan["achieved"] <= 0.95
+    assert plan["fit"] == "data" and plan["sensitivity"] and plan["achieved"] <= 0.7
+    # the classifier's pool hoist alone saves at most 25%: the plan also factorises, and refits
+    assert any(s.startswith("poolhoist:") for s in plan["passes"])
+    assert any(s.startswith(("dwsep:", "lowrank:", "flatten:")) for s in plan["passes"])
     after, before = report["after"]["totals"]["macs"], report["before"]["totals"]["macs"]
-    assert after <= 0.95 * before
+    assert after <= 0.7 * before
     assert [x["spec"] for x in manifest["passes"]][:len(plan["passes"])] == plan["passes"]
     r = run_cli("run", tmp_path / "c.tar", "--image", IMAGES / "000_tench.jpg", "--print-top", "1", check=0)
     assert "1. class" in r.stdout

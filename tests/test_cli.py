@@ -159,6 +159,15 @@ def test_error_refine_without_budget(tmp_path):
     assert not (tmp_path / "o.tar").exists()
 
 
+def test_error_techniques(tmp_path):
+    p = run_cli("compile", "squeezenet1.1", "--budget", "macs=0.7", "--techniques", "lowrank,pool",
+                "-o", tmp_path / "o.tar")
+    assert_one_line_error(p, r"budget: unknown technique\(s\) pool \(available: lowrank, dwsep, flatten, poolhoist")
+    p = run_cli("compile", "squeezenet1.1", "--techniques", "dwsep", "-o", tmp_path / "o.tar")
+    assert_one_line_error(p, r"--techniques .* needs --budget")
+    assert not (tmp_path / "o.tar").exists()
+
+
 def test_error_calibration_views_out_of_range(tmp_path):
     p = run_cli("compile", "squeezenet1.1", "--pass", "dwsep:multiplier=2,layers=conv3", "--calibration",
                 IMAGENET, "--calibration-views", "11", "-o", tmp_path / "o.tar")
