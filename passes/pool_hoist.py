@@ -12,8 +12,9 @@ pool before their classifier by design). No fitting: the error comes from the Re
 reported on calibration activations (relative error of the pooled output) when they are given.
 
 Matched: conv2d 1×1 (stride 1, no padding, constant weight) → ``add``s of per-channel constants
-(none or several: a refitted conv carries a bias correction) → optional ``relu`` → ``mean`` over H and W (each value used once). Other convs are left
-alone with no record; matched convs the window would not shrink are recorded as skipped.
+(none or several: a refitted conv carries a bias correction) → optional ``relu`` → ``mean`` over H
+and W, each value used once. Other convs are left alone with no record; matched convs the window
+would not shrink are recorded as skipped.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from ..errors import SqccError
 
 
 def _windows(h: int, w: int, k: int):
-    """(pooled H, pooled W, window sizes (hh, ww)) for k×k windows at stride k, the last row/column of
-    windows cut short where k does not divide the map (k = 0: the whole map)."""
+    """(kh, kw, pooled H, pooled W, window sizes (pooled H × pooled W)) for kh×kw windows at stride
+    (kh, kw), k clipped to the map; the last row/column of windows is cut short where k does not
+    divide the map (k = 0: the whole map)."""
     kh = h if k == 0 else min(k, h)
     kw = w if k == 0 else min(k, w)
     hh, ww = -(-h // kh), -(-w // kw)
