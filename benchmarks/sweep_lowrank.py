@@ -12,8 +12,9 @@ held-out sensitivity (``--no-sensitivity`` to turn off) and refits the rewritten
 (``--relu 0`` for linear fits) and compensates the layers it does not rewrite (``--no-compensate``);
 ``--refine`` re-chooses each rewritten layer's technique with the whole plan realised on a
 calibration split. ``--techniques`` (default lowrank,dwsep,flatten,poolhoist) limits the rewrites;
-poolhoist (SqueezeNet's classifier on pooled input) is priced in data mode only, by measured KL. Every number comes from building and running the rewritten model with TVM
-(llvm, untuned — ~0.15–0.3 s per SqueezeNet image here, so the default sweep takes ~10–15 minutes).
+poolhoist (SqueezeNet's classifier on pooled input) is priced in data mode only, by measured KL.
+Every number comes from building and running the rewritten model with TVM (llvm, untuned — ~0.15–0.3 s
+per SqueezeNet image here, so the default sweep takes ~10–15 minutes).
 Set TVM_NUM_THREADS to the cores you want (say which in any figure).
 """
 from __future__ import annotations

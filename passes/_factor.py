@@ -411,18 +411,9 @@ def relu_biases(func) -> dict:
     """{conv name: its bias (N,)} for every conv2d whose output only feeds ``relu(conv + bias)``
     (bias a constant, or a reshape of one; or ``relu(conv)``, bias 0): the layers whose outputs
     matter only where they are positive (ReLU6 and other clips are not recognised)."""
-    from tvm import relax
-
-    from ..layers import is_const, op_name, values_and_users
+    from ..layers import const_value, is_const, op_name, values_and_users
 
     values, users = values_and_users(func)
-
-    def const_of(e):
-        if is_const(e):
-            return e.value.numpy()
-        if isinstance(e, relax.Var) and op_name(values.get(e)) == "relax.reshape" and is_const(values[e].args[0]):
-            return values[e].args[0].value.numpy()
-        return None
 
     out = {}
     for var, val in values.items():
@@ -436,7 +427,7 @@ def relu_biases(func) -> dict:
         bias = np.zeros(n)
         if op_name(nxt) == "relax.add":
             other = nxt.args[1] if nxt.args[0].same_as(var) else nxt.args[0]
-            c = const_of(other)
+            c = const_value(other, values)
             if c is None or c.size != n or (c.ndim == 4 and c.shape[1] != n):
                 continue
             bias = c.reshape(-1).astype(np.float64)

@@ -80,12 +80,20 @@ def conv_calls_supported(call) -> str | None:
     return None
 
 
+def emit_as(builder, var, expr):
+    """Emit ``expr`` under ``var``'s name, as a dataflow var or an output like ``var``; return the new var."""
+    from tvm import relax
+
+    if isinstance(var, relax.DataflowVar):
+        return builder.emit(expr, var.name)
+    return builder.emit_output(expr, var.name)
+
+
 def make_conv_rewriter(rewrite_conv, rewrite_matmul=None):
     """A PyExprMutator class that calls ``rewrite_conv(builder, conv: ConvCall)`` for each conv2d with
     a constant OIHW weight; the callback emits its replacement with ``builder.emit`` and returns the
     final expr, or returns None to keep the original. ``rewrite_matmul(builder, name, x, W)`` likewise
     for matmul with a constant 2-D weight."""
-    from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     from ..layers import is_const, op_name
@@ -113,11 +121,7 @@ def make_conv_rewriter(rewrite_conv, rewrite_matmul=None):
             if new is None:
                 return super().visit_var_binding_(binding)
             # Keep the layer's name on the expr that now produces its output.
-            if isinstance(binding.var, relax.DataflowVar):
-                out = self.builder_.emit(new, binding.var.name)
-            else:
-                out = self.builder_.emit_output(new, binding.var.name)
-            self.set_var_remap(binding.var, out)
+            self.set_var_remap(binding.var, emit_as(self.builder_, binding.var, new))
 
     return _Rewriter
 

@@ -23,8 +23,8 @@ Filter k of channel c captures s²_{c,k}, the k-th squared singular value of cha
 N×Kh·Kw slice, so the C·M largest s²_{c,k} over all channels decide how many each channel gets
 (water-filling; the MACs, HoWo·C·M·(Kh·Kw + N), do not change). A channel gather feeds the depthwise
 conv; M may be fractional. On SqueezeNet's fire modules at M = 4 (fitted on 32 calibration images,
-measured on 32 others) the output error falls 2–13% (conv3 0.111 → 0.097, conv9 0.105 → 0.095; conv24, whose channels' spectra are alike,
-not at all).
+measured on 32 others) the output error falls 2–13% (conv3 0.111 → 0.097, conv9 0.105 → 0.095;
+conv24, whose channels' spectra are alike, not at all).
 """
 from __future__ import annotations
 

@@ -55,26 +55,15 @@ def hoisted_reference(x, weight, bias, k: int, relu: bool = True):
 
 
 def find_hoistable(func) -> dict:
-    """{conv var name: (bias array or None, relu?, mean var name)} for the 1×1 convs whose output only
-    reaches a mean over H, W (through an optional constant bias add and ReLU)."""
-    from tvm import relax
-
-    from ..layers import is_const, op_name, values_and_users
+    """{conv var name: (summed bias or None, relu?, mean var name)} for the 1×1 convs whose output only
+    reaches a mean over H, W (through per-channel constant adds and an optional ReLU)."""
+    from ..layers import const_value, is_const, op_name, values_and_users
 
     values, users = values_and_users(func)
 
     def only_user(var):
         u = users.get(var, [])
         return u[0] if len(u) == 1 and u[0] is not None else None
-
-    def spatial_const(e, n):
-        """The per-channel constant ``e`` holds ((1, n, 1, 1) const or a reshape of one), else None."""
-        if isinstance(e, relax.Var) and op_name(values.get(e)) == "relax.reshape":
-            e = values[e].args[0]
-        if not is_const(e):
-            return None
-        v = e.value.numpy()
-        return v.reshape(-1).astype(np.float64) if v.size == n else None
 
     out = {}
     for var, val in values.items():
@@ -92,9 +81,10 @@ def find_hoistable(func) -> dict:
         while nxt is not None and op_name(values.get(nxt)) == "relax.add":
             add = values[nxt]
             other = add.args[1] if add.args[0].same_as(cur) else add.args[0]
-            b = spatial_const(other, n)
-            if b is None:
+            b = const_value(other, values)
+            if b is None or b.size != n:  # not a per-channel constant: the add is not a bias
                 break
+            b = b.reshape(-1).astype(np.float64)
             bias = b if bias is None else bias + b
             cur, nxt = nxt, only_user(nxt)
         if nxt is not None and op_name(values.get(nxt)) == "relax.add":
@@ -137,7 +127,8 @@ class PoolHoist:
         from tvm import relax
         from tvm.relax.expr_functor import PyExprMutator, mutator
 
-        from ..layers import tvm_ir_update
+        from ..layers import op_name, tvm_ir_update
+        from .base import emit_as
 
         found = {k: v for k, v in find_hoistable(mod["main"]).items() if self._wanted(k)}
         if not found:
@@ -150,8 +141,6 @@ class PoolHoist:
         @mutator
         class _Hoist(PyExprMutator):
             def visit_var_binding_(self, binding):
-                from ..layers import op_name
-
                 name = binding.var.name
                 val = binding.value
                 if name in found and op_name(val) == "relax.nn.conv2d":
@@ -172,9 +161,7 @@ class PoolHoist:
                         padding=(0, 0, hh * kh - h, ww * kw - w), count_include_pad=False), f"{name}__ph0")
                     new = relax.op.nn.conv2d(pooled, val.args[1], strides=[1, 1], padding=[0, 0, 0, 0],
                                              dilation=[1, 1], groups=1, out_dtype=val.attrs.out_dtype)
-                    out = (self.builder_.emit(new, name) if isinstance(binding.var, relax.DataflowVar)
-                           else self.builder_.emit_output(new, name))
-                    self.set_var_remap(binding.var, out)
+                    self.set_var_remap(binding.var, emit_as(self.builder_, binding.var, new))
                     means[mean_name] = None if np.all(cnt == cnt[0, 0]) else cnt * cnt.size / cnt.sum()
                     err = None
                     x = acts.get(layer) if acts is not None else None
@@ -199,26 +186,10 @@ class PoolHoist:
                     weighted = self.builder_.emit(relax.op.multiply(arg, wmap), f"{name}__phw")
                     new = relax.op.mean(weighted, axis=[int(a) for a in val.attrs.axis],
                                         keepdims=bool(val.attrs.keepdims))
-                    out = (self.builder_.emit(new, name) if isinstance(binding.var, relax.DataflowVar)
-                           else self.builder_.emit_output(new, name))
-                    self.set_var_remap(binding.var, out)
+                    self.set_var_remap(binding.var, emit_as(self.builder_, binding.var, new))
                     return
                 return super().visit_var_binding_(binding)
 
         new_main = _Hoist(mod).visit_expr(mod["main"])
         return tvm_ir_update(mod, "main", new_main)
 
-
-def hoist_macs_saved(mod, window: int) -> dict:
-    """{layer: MACs saved} by ``poolhoist:window=...`` on ``mod`` (for pricing in the budget)."""
-    out = {}
-    func = mod["main"]
-    found = find_hoistable(func)
-    for block in func.body.blocks:
-        for b in block.bindings:
-            if b.var.name in found:
-                _, c, h, w = [int(d) for d in b.value.args[0].ty.shape]
-                o = int(b.value.args[1].ty.shape[0])
-                _, _, hh, ww, _ = _windows(h, w, window)
-                out[b.var.name.split("__")[0]] = (h * w - hh * ww) * o * c
-    return out

@@ -61,6 +61,10 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
                         "--budget and --calibration")
     if techniques and budget is None:
         raise SqccError("--techniques chooses the rewrites a budget plan may use: it needs --budget")
+    if budget is not None:
+        from .budget import TECHNIQUES, check_techniques
+
+        techniques = check_techniques(techniques or TECHNIQUES)  # before minutes of work
     spec = resolve(target)
     say(f"importing {model if isinstance(model, str) else 'model'}")
     m = frontend.load(model, input_shapes)
@@ -90,8 +94,7 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         from .budget import plan_budget
 
         say(f"allocating budget {budget}")
-        plan = plan_budget(m, budget, calib_feeds, progress=say, refine=refine,
-                           **({"techniques": tuple(techniques)} if techniques else {}))
+        plan = plan_budget(m, budget, calib_feeds, progress=say, refine=refine, techniques=techniques)
         report["budget"] = plan.to_json()
     ctx.extra["calibration_feeds"] = calib_feeds
     pass_objs = [passes_mod.create(s, ctx) for s in pass_specs]  # validate all before any work

@@ -288,20 +288,20 @@ def hoist_candidates(mod, priced, feeds, sensitivity: dict | None = None, window
     the pass's own: the relative error of the pooled output on the feeds. One build per window."""
     from . import passes
     from .calibrate import collect_activations
+    from .passes.pool_hoist import find_hoistable
 
     by_name = {lf.name: cands for lf, cands in priced}
+    layers = [n for n in find_hoistable(mod["main"]) if n in by_name]
+    if not layers:
+        return []
     ref = _logits(mod, feeds) if sensitivity else None
-    acts = None
+    # without sensitivities the pass measures the pooled outputs' error itself, on the layers' inputs
+    acts = None if sensitivity else collect_activations(mod, feeds, layers=layers, max_samples=len(feeds))
     added = []
     for w in windows:
         ctx = passes.PassContext(activations=acts)
         new = passes.create(f"poolhoist:window={w}", ctx)(mod)
         recs = [r for r in ctx.records if r.applied and r.layer in by_name]
-        if recs and not sensitivity and acts is None:  # the pooled outputs' error needs the inputs
-            acts = collect_activations(mod, feeds, layers=[r.layer for r in recs], max_samples=len(feeds))
-            ctx = passes.PassContext(activations=acts)
-            new = passes.create(f"poolhoist:window={w}", ctx)(mod)
-            recs = [r for r in ctx.records if r.applied and r.layer in by_name]
         kl = _kl(ref, _logits(new, feeds)) if recs and sensitivity else None
         for r in recs:
             if sensitivity and r.layer in sensitivity:

@@ -210,12 +210,8 @@ def _print_pass_report(r):
 
 
 def _techniques(text):
-    """--techniques a,b → a checked tuple (None: the budget's default set)."""
-    if not text:
-        return None
-    from .budget import check_techniques
-
-    return check_techniques([t.strip() for t in text.split(",") if t.strip()])
+    """--techniques a,b → ("a", "b"); None when not given (the budget's default set)."""
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
 
 
 def _parse_budget(text):
@@ -456,8 +452,7 @@ def cmd_sweep(args):
     rows = budget.sweep(args.model, budgets, calibration_inputs=args.calibration,
                         eval_images=args.eval_images, plot=args.plot, progress=say,
                         calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
-                        refine=args.refine, **({"techniques": _techniques(args.techniques)}
-                                               if args.techniques else {}))
+                        refine=args.refine, techniques=_techniques(args.techniques) or budget.TECHNIQUES)
     print(budget.format_rows(rows))
     if args.json:
         budget.save_rows(rows, args.json)

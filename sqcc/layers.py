@@ -75,6 +75,16 @@ def values_and_users(func) -> tuple[dict, dict]:
     return values, users
 
 
+def const_value(expr, values: dict):
+    """The numpy value of ``expr`` when it is a constant or a reshape of one (``values`` from
+    :func:`values_and_users`), else None."""
+    from tvm import relax
+
+    if isinstance(expr, relax.Var) and op_name(values.get(expr)) == "relax.reshape":
+        expr = values[expr].args[0]
+    return expr.value.numpy() if is_const(expr) else None
+
+
 def is_const(expr) -> bool:
     return type(expr).__name__ == "GenericConst"
 

@@ -140,6 +140,11 @@ def test_budget_prices_hoist_by_measured_kl(squeezenet):
         assert kl == pytest.approx(budget._kl(ref, budget._logits(new, feeds)), rel=1e-6)
         assert 4.0 * c.error ** 2 == pytest.approx(kl, rel=1e-9)
     assert added[2][2] > added[0][2] > 0  # the whole map moves the predictions more than 2×2 windows
+    # without sensitivities the error is the pass's own: the pooled output's relative error
+    plain = budget.hoist_candidates(squeezenet.mod, budget.price(squeezenet.mod, None, ("lowrank",), use_data=False),
+                                    feeds)
+    errs = [c.error for _, c, kl in plain]
+    assert [kl for _, _, kl in plain] == [None] * 3 and 0 < errs[0] < errs[1] < errs[2] < 1
     plan = budget.allocate(squeezenet.mod, None, macs=0.76, fit="weight", priced=priced,
                            techniques=("lowrank", "poolhoist"))
     hoist = [e for e in plan.entries if e.technique == "poolhoist"]
