@@ -205,3 +205,35 @@ def split_depthwise_multiplier() -> tvm.transform.Pass:
     own contiguous input channel. Exact (a reordering of the same products).
     """
     return _SplitDepthwiseMultiplier()
+
+
+def nchw_conv_transpose(mod):
+    """NHWC conv2d_transpose → NCHW between two transposes (the kernel layout is kept).
+
+    TVM 0.27 legalizes conv2d_transpose only for NCHW data; an NHWC one -- as TFLite's
+    TRANSPOSE_CONV imports, or as ConvertLayout leaves an ONNX ConvTranspose -- reaches VM codegen
+    unlowered and the build fails (U-Net decoders, keypoint heads)."""
+    from tvm.ir import Op
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    op = Op.get("relax.nn.conv2d_transpose")
+
+    @mutator
+    class _ToNCHW(PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call, relax.Call) and call.op.same_as(op)
+                    and str(call.attrs.data_layout) == "NHWC"):
+                return call
+            a = call.attrs
+            x = self.builder_.emit(relax.op.permute_dims(call.args[0], [0, 3, 1, 2]))
+            y = self.builder_.emit(relax.op.nn.conv2d_transpose(
+                x, call.args[1], strides=a.strides, padding=a.padding,
+                output_padding=a.output_padding, dilation=a.dilation, groups=a.groups,
+                data_layout="NCHW", kernel_layout=str(a.kernel_layout), out_layout="NCHW",
+                out_dtype=str(a.out_dtype) or None))
+            return relax.op.permute_dims(y, [0, 2, 3, 1])
+
+    func = _ToNCHW(mod).visit_expr(mod["main"])
+    funcs = {gv: (func if gv.name_hint == "main" else f) for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs)

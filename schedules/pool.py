@@ -66,6 +66,10 @@ def _schedule_vectors(sch: Schedule, main, outer, c_loop, r_loops, vf: int, info
     sch.reorder(*outer, co, *r_loops, ci)
     # Epilogue (mean's division, a following relu): computed per channel block, vectorised.
     for c in (sch.get_consumers(main) if epilogue else []):
+        if not _same_extent(sch, main, c):
+            # e.g. a channel pad to the vector width: its extra channels read no pool output, so
+            # computed per pool channel block they would never be written (garbage, not zeros)
+            continue
         try:
             sch.reverse_compute_at(c, co, preserve_unit_loops=True)
             vectorize_innermost_own(sch, c, co)
@@ -86,3 +90,11 @@ def _schedule_vectors(sch: Schedule, main, outer, c_loop, r_loops, vf: int, info
     if r_loops:  # last: see conv2d.schedule_conv
         init = sch.decompose_reduction(main, r_loops[0])
         vectorize_innermost_own(sch, init, anchor)
+
+
+def _same_extent(sch: Schedule, producer, consumer) -> bool:
+    """Whether ``consumer`` writes a buffer of the shape ``producer`` writes (an elementwise epilogue)."""
+    def shape(block):
+        return [int(d) for d in sch.get(block).writes[0].buffer.shape]
+
+    return shape(producer) == shape(consumer)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import tvm
 
-from sqcc.errors import SqccError
+from sqcc.errors import SqccError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def open_database(records_path, target, create: bool = False):
         return ms.database.JSONDatabase(str(workloads), str(records), allow_missing=create)
     except Exception as err:  # TVM's own parser: anything it still rejects is a bad database
         raise SqccError(f"{records}: not a usable MetaSchedule database: "
-                        f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from err
+                        f"{one_line(err)}") from err
 
 
 # --------------------------------------------------------------------------- light intrinsics

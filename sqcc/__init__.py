@@ -17,6 +17,7 @@ if "TVM_NUM_THREADS" not in _os.environ:
 
 from .api import Tuning, compile  # noqa: E402
 from .errors import SqccError  # noqa: E402
+from .models import Preprocess  # noqa: E402
 from .package import Package, load  # noqa: E402
 
-__all__ = ["compile", "load", "Package", "Tuning", "SqccError", "__version__"]
+__all__ = ["compile", "load", "Package", "Preprocess", "Tuning", "SqccError", "__version__"]

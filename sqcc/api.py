@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .errors import SqccError
+from .errors import SqccError, one_line
 from .package import FORMAT, FORMAT_VERSION, Package
 
 
@@ -34,16 +34,19 @@ def _progress(verbose):
 def compile(model, target: str = "host", passes=(), input_shapes=None, calibration=None,
             budget=None, tuning: Tuning | None = None, eval_images=None, check: bool = True,
             dump_ir=None, force: bool = False, progress=False, calibration_limit: int = 32,
-            calibration_views: int = 1, refine: bool = False, techniques=None) -> Package:
+            calibration_views: int = 1, refine: bool = False, techniques=None,
+            preprocess=None) -> Package:
     """Import, rewrite, build and check ``model``; returns a runnable, exportable Package.
 
     ``model``: a known name (``"squeezenet1.1"``), a .onnx/.tflite path, or an onnx.ModelProto.
+    ``preprocess``: the image recipe (a :class:`sqcc.Preprocess` or a ``--preprocess`` string) for
+    a model without one; stored in the package, used by calibration, evaluation and ``sqcc run``.
     ``passes``: specs like ``"lowrank:scheme=spatial,energy=0.9"``. ``calibration``: a folder of
     images for data-aware fitting (``calibration_limit`` of them, spread over the folder;
     ``calibration_views`` views of each: 2 adds the mirror, up to 10 the ten-crop views). ``budget``:
     ``"macs=0.7"`` or ``{"macs": 0.7}``; with calibration, ``refine`` re-chooses each planned layer's
-    technique end to end on a calibration split (``budget.refine_techniques``); ``techniques`` limits
-    the rewrites the plan may use (default ``budget.TECHNIQUES``). ``eval_images``:
+    technique end to end on a calibration split (``planning.refine_techniques``); ``techniques`` limits
+    the rewrites the plan may use (default ``planning.TECHNIQUES``). ``eval_images``:
     a labelled folder to measure accuracy and agreement on. ``check``: compare with the original
     model (onnxruntime / LiteRT) on random inputs.
     """
@@ -62,12 +65,22 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     if techniques and budget is None:
         raise SqccError("--techniques chooses the rewrites a budget plan may use: it needs --budget")
     if budget is not None:
-        from .budget import TECHNIQUES, check_techniques
+        from .planning import TECHNIQUES, check_techniques, parse_budget
 
-        techniques = check_techniques(techniques or TECHNIQUES)  # before minutes of work
+        budget = parse_budget(budget)  # the CLI's parser: text or a dict, checked before minutes of work
+        techniques = check_techniques(techniques or TECHNIQUES)
     spec = resolve(target)
     say(f"importing {model if isinstance(model, str) else 'model'}")
     m = frontend.load(model, input_shapes)
+    if preprocess is not None:
+        from .preprocess import parse_preprocess
+
+        m.preprocess = parse_preprocess(preprocess) if isinstance(preprocess, str) else preprocess
+    if m.preprocess is None and (eval_images is not None or isinstance(calibration, (str, Path))):
+        flag = "--eval-images" if eval_images is not None else "--calibration"
+        raise SqccError(f"{flag} feeds images, and {m.name} has no preprocessing recipe (not a known "
+                        f"model): give --preprocess, e.g. size=224,resize=256,mean=0.485,0.456,0.406,"
+                        f"std=0.229,0.224,0.225,layout=NCHW")
     spec.check_toolchain()  # a missing cross compiler is said now, not after minutes of work
     from .passes.shuffle_canon import canonicalize_shuffles
 
@@ -91,7 +104,7 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         calib_feeds = calibration_feeds(m, calibration, limit=calibration_limit, views=calibration_views)
     plan = None
     if budget is not None:
-        from .budget import plan_budget
+        from .planning import plan_budget
 
         say(f"allocating budget {budget}")
         plan = plan_budget(m, budget, calib_feeds, progress=say, refine=refine, techniques=techniques)
@@ -110,7 +123,7 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         # micro: TFLite's integer fixed-point requantisation (what TFLite Micro computes; no float)
         mod = fold_qdq(mod, ctx.records, requant="fixed" if spec.family == "micro" else "float")
     if plan is not None:
-        from .budget import apply_plan
+        from .planning import apply_plan
 
         # the plan's rewrites, each layer refitted in model order to the inputs the rewritten layers
         # above it produce (sequential asymmetric refit, with calibration)
@@ -165,15 +178,20 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
         pkg = MicroPackage(out_dir, manifest, report, source=m.source, owned=owned)
         if check:
             _check(pkg, m, [random_inputs(m, seed=0)], report, eval_images=None, say=say)
+            _enforce_numerics(pkg, report, lossy=bool(pass_specs), force=force)
         return pkg
+    build_notes = list(m.notes)
     try:
-        ex = build(mod, spec.tvm(), tuning_records=records)
+        ex = build(mod, spec.tvm(), tuning_records=records, notes=build_notes)
     except SqccError:
         raise
     except Exception as e:
-        raise SqccError(f"build for {spec.name} failed: {str(e).strip().splitlines()[-1]}") from e
+        raise SqccError(f"build for {spec.name} failed: {one_line(e)}") from e
     report["build"] = {"seconds": time.perf_counter() - t0, "target": spec.name,
                        "tvm_target": str(spec.tvm()), "tuning_records": records}
+    for note in build_notes:  # what the import and the build decided for the user
+        report.setdefault("notes", []).append(note)
+        print(f"sqcc: note: {note}", file=sys.stderr)
     if any(s.split(":")[0] == "int8" for s in pass_specs) and spec.family in ("host", "arm_cpu"):
         isa = ctx.extra["int8_isa"]  # set above for host / arm_cpu
         wbits = {int(getattr(p, "weight_bits", 8)) for p in pass_objs if hasattr(p, "weight_bits")}
@@ -195,6 +213,7 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     if check and spec.runs_locally:
         feeds = [random_inputs(m, seed=s) for s in range(2)] + list(calib_feeds or [])[:8]
         _check(pkg, m, feeds, report, eval_images, say)
+        _enforce_numerics(pkg, report, lossy=bool(pass_specs), force=force)
     return pkg
 
 
@@ -205,12 +224,33 @@ def _check(pkg, m, feeds, report, eval_images, say):
     say("checking against the original model")
     ref = reference_for_package(pkg)
     run = lambda feed: _as_list(pkg.run(feed))  # noqa: E731
-    report["fidelity"] = {"reference": ref.name, **compare_on_inputs(run, ref, feeds)}
+    report["fidelity"] = {"reference": ref.name, **compare_on_inputs(run, ref, feeds, m.outputs)}
     if eval_images is not None:
         say(f"evaluating on {eval_images}")
         q = (m.quant or {}).get("inputs", [None])[0]
         report["evaluation"] = {"reference": ref.name, **evaluate_images(
             run, ref, eval_images, m.preprocess, m.inputs[0], q, progress=say)}
+
+
+def _enforce_numerics(pkg, report, lossy: bool, force: bool):
+    """A compile that was not asked to change numerics and did is an error, on any output.
+
+    Lossy rewrites (passes, budget plans) report their error instead. ``force`` keeps the package,
+    marked in the manifest and the report, for a user who wants to look at it anyway."""
+    from .fidelity import numerics_misses
+
+    fid = report.get("fidelity")
+    misses = numerics_misses(fid) if fid and not lossy else []
+    if not misses:
+        return
+    what = (f"the compiled model does not match {fid['reference']} on {len(misses)} of "
+            f"{len(fid['outputs'])} output(s), though no lossy rewrite was asked for: "
+            + "; ".join(misses))
+    if not force:
+        raise SqccError(f"{what}; no package written (--force writes it anyway, marked so)")
+    pkg.manifest["numerics_mismatch_forced"] = misses
+    report.setdefault("notes", []).append(f"written with --force: {what}")
+    print(f"sqcc: warning: {what}; written anyway (--force)", file=sys.stderr)
 
 
 def _as_list(x):

@@ -21,7 +21,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from .errors import SqccError
+from .errors import SqccError, one_line
 
 
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
@@ -48,7 +48,7 @@ def as_target(target) -> tvm.target.Target:
     try:
         return tvm.target.Target(target)
     except Exception as err:  # TVM raises assorted errors for a bad target
-        msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        msg = one_line(err)
         raise SqccError(f"invalid target {target!r}: {msg}") from err
 
 
@@ -62,19 +62,43 @@ def _is_cpu(target: tvm.target.Target) -> bool:
 
 
 def lower_to_tir(mod: tvm.IRModule, target: tvm.target.Target,
-                 layout: bool = True) -> tvm.IRModule:
+                 layout: bool = True, notes: list | None = None) -> tvm.IRModule:
     """Layout + TVM's zero pipeline (without applying any database): the fused, unscheduled module.
 
     This is also what MetaSchedule extracts its tasks from, so tuning and building agree on the
-    kernels.
+    kernels. Where sqcc's NHWC layout conversion cannot handle the graph (TVM's ConvertLayout
+    rejects e.g. some 5-D reshape/transpose chains), the model is lowered in its own layout with
+    TVM's generic legalization instead -- slower, never different numerics -- and ``notes`` says so.
     """
-    seq = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+    if layout and _is_cpu(target):
+        try:
+            return _lower(mod, target, layout=True)
+        except SqccError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- fall back, and say so
+            if notes is not None:
+                notes.append(f"layout: sqcc's NHWC conversion does not apply to this graph "
+                             f"({one_line(err)[:160]}); built in the model's own layout")
+    return _lower(mod, target, layout=False)
+
+
+def _module_fn(fn):
+    """A plain IRModule → IRModule function as a pass of a Sequential."""
+    return tvm.transform.module_pass(lambda mod, _ctx: fn(mod), opt_level=0, name=fn.__name__)
+
+
+def _lower(mod: tvm.IRModule, target: tvm.target.Target, layout: bool) -> tvm.IRModule:
+    from sqcc.schedules.layout import nchw_conv_transpose
+
+    seq = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+           _module_fn(nchw_conv_transpose)]
     if layout and _is_cpu(target):
         from sqcc.schedules.cpu import cpu_info
-        from sqcc.schedules.layout import pad_output_channels, split_depthwise_multiplier, to_nhwc
+        from sqcc.schedules.layout import (nchw_conv_transpose, pad_output_channels,
+                                           split_depthwise_multiplier, to_nhwc)
         from sqcc.schedules.fold import fold_constants_numpy
         from sqcc.passes.shuffle_canon import gather_to_nhwc
-        seq += [split_depthwise_multiplier(), to_nhwc(), gather_to_nhwc(),
+        seq += [split_depthwise_multiplier(), to_nhwc(), _module_fn(nchw_conv_transpose), gather_to_nhwc(),
                 pad_output_channels(cpu_info(target).lanes), fold_constants_numpy()]
     seq += [
         relax.transform.LegalizeOps(),
@@ -95,10 +119,10 @@ def lower_to_tir(mod: tvm.IRModule, target: tvm.target.Target,
 
 
 def schedule(mod: tvm.IRModule, target, tuning_records: str | None = None,
-             default_schedules: bool = True) -> tvm.IRModule:
+             default_schedules: bool = True, notes: list | None = None) -> tvm.IRModule:
     """Fused module with every kernel scheduled: database records first, default rules for the rest."""
     target = as_target(target)
-    mod = lower_to_tir(mod, target)
+    mod = lower_to_tir(mod, target, notes=notes)
     with target:
         if tuning_records:
             from sqcc.schedules.tuning import open_database, pinned_paths
@@ -115,7 +139,7 @@ def schedule(mod: tvm.IRModule, target, tuning_records: str | None = None,
     return mod
 
 
-def build(mod: tvm.IRModule, target, tuning_records: str | None = None):
+def build(mod: tvm.IRModule, target, tuning_records: str | None = None, notes: list | None = None):
     """Build a Relax module (ONNX frontend output, weights inline, a ``main`` function).
 
     Returns the executable that ``relax.VirtualMachine(ex, tvm.cpu())`` runs. ``tuning_records``
@@ -125,7 +149,7 @@ def build(mod: tvm.IRModule, target, tuning_records: str | None = None):
     if not isinstance(mod, tvm.IRModule) or "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
         raise SqccError("build: expected a Relax IRModule with a 'main' function")
     target = as_target(target)
-    scheduled = schedule(mod, target, tuning_records)
+    scheduled = schedule(mod, target, tuning_records, notes=notes)
     from .schedules.int8 import prepack_weights
 
     # int8 VNNI kernels read weights in a blocked layout: pack them once here, not on every call.
@@ -136,6 +160,7 @@ def build(mod: tvm.IRModule, target, tuning_records: str | None = None):
     try:
         with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
             return relax.build(scheduled, target)
-    except tvm.TVMError as err:
-        raise SqccError(f"build for {target.kind.name} failed: "
-                        f"{str(err).strip().splitlines()[-1]}") from err
+    except SqccError:
+        raise
+    except Exception as err:  # TVM 0.27 raises plain RuntimeError/ValueError (no tvm.TVMError)
+        raise SqccError(f"build for {target.kind.name} failed: {one_line(err)}") from err

@@ -132,8 +132,10 @@ def cmd_compile(args):
     if micro and out.exists() and not out.is_dir():
         raise SqccError(f"-o {out}: exists and is not a directory (a micro build is a directory)")
     budget = None
-    if args.budget:
-        budget = _parse_budget(args.budget)
+    if args.budget:  # the one budget parser, before any work
+        from .planning.spec import parse_budget
+
+        budget = parse_budget(args.budget)
     tuning = api.Tuning(records=args.tuning_records) if args.tuning_records else None
     if tuning and not Path(tuning.records).is_file():
         from .errors import SqccError
@@ -144,7 +146,8 @@ def cmd_compile(args):
                       calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
                       tuning=tuning, eval_images=args.eval_images, check=not args.no_check,
                       dump_ir=args.dump_ir, force=args.force, progress=say,
-                      refine=args.refine, techniques=_techniques(args.techniques))
+                      refine=args.refine, techniques=_techniques(args.techniques),
+                      preprocess=args.preprocess)
     say(f"writing {out}")
     pkg.export(out)
     r = pkg.report
@@ -214,24 +217,6 @@ def _techniques(text):
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
 
 
-def _parse_budget(text):
-    from .errors import SqccError
-
-    out = {}
-    for item in text.split(","):
-        k, _, v = item.partition("=")
-        if k not in ("macs", "params") or not v:
-            raise SqccError(f"--budget {text}: expected macs=F or params=F with F a fraction in (0, 1]")
-        try:
-            f = float(v)
-        except ValueError:
-            raise SqccError(f"--budget {text}: '{v}' is not a number") from None
-        if not 0 < f <= 1:
-            raise SqccError(f"--budget {text}: the fraction must be in (0, 1]")
-        out[k] = f
-    return out
-
-
 # -------------------------------------------------------------------------------------------- run
 
 def _read_tensor(path, spec):
@@ -277,7 +262,8 @@ def cmd_run(args):
     if args.image:
         pre = pkg.preprocess
         if pre is None:
-            raise SqccError(f"{args.package}: the model has no preprocessing recipe; use --input FILE.npy")
+            raise SqccError(f"{args.package}: the model has no preprocessing recipe (compile it with "
+                              f"--preprocess), or use --input FILE.npy")
         q = (pkg.manifest.get("quant") or {}).get("inputs", [None])[0]
         x = load_image(args.image, pre, spec.dtype, q)
     elif args.input:
@@ -294,7 +280,10 @@ def cmd_run(args):
     dt = (time.perf_counter() - t0) * 1e3
     outs = out if isinstance(out, list) else [out]
     if args.output:
-        np.save(args.output, outs[0])
+        if len(outs) > 1 and str(args.output).endswith(".npz"):
+            np.savez(args.output, **{o.name: np.asarray(v) for o, v in zip(pkg.outputs, outs)})
+        else:
+            np.save(args.output, outs[0])
     logits = np.asarray(outs[0]).reshape(-1)
     pre = pkg.preprocess
     offset = pre.class_offset if pre else 0
@@ -322,10 +311,18 @@ def cmd_run(args):
         if iref is not None:
             e = output_errors(outs[0], iref.run(x)[0])
             print(f"checked against {iref.name}: max abs err {e['max_abs']:.3g}")
+    print(f"{pkg.manifest['model']['name']} on {pkg.target}: {len(outs)} output(s) "
+          f"({dt:.1f} ms, first run)")
+    from .fidelity import is_class_scores
+
+    for spec_o, o in zip(pkg.outputs, outs):
+        o = np.asarray(o)
+        print(f"output {spec_o.name} {list(o.shape)} {o.dtype}: min {float(o.min()):.4g} "
+              f"max {float(o.max()):.4g} mean {float(o.astype(np.float64).mean()):.4g}")
+    if not is_class_scores(np.asarray(outs[0]).shape):
+        return 0  # not a class-score vector: no top-k to print
     k = min(args.print_top, logits.size)
     order = np.argsort(-logits.astype(np.float64), kind="stable")[:k]
-    print(f"{pkg.manifest['model']['name']} on {pkg.target}: output {outs[0].shape} {outs[0].dtype} "
-          f"({dt:.1f} ms, first run)")
     for rank, i in enumerate(order, 1):
         cls = int(i) - offset
         label = names[cls] if names and 0 <= cls < len(names) else ("background" if cls < 0 else "")
@@ -445,17 +442,17 @@ def cmd_tune(args):
 
 
 def cmd_sweep(args):
-    from . import budget
+    from . import planning
 
     say = _say(args)
     budgets = [float(b) for b in args.budgets.split(",")]
-    rows = budget.sweep(args.model, budgets, calibration_inputs=args.calibration,
-                        eval_images=args.eval_images, plot=args.plot, progress=say,
-                        calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
-                        refine=args.refine, techniques=_techniques(args.techniques) or budget.TECHNIQUES)
-    print(budget.format_rows(rows))
+    rows = planning.sweep(args.model, budgets, calibration_inputs=args.calibration,
+                          eval_images=args.eval_images, plot=args.plot, progress=say,
+                          calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
+                          refine=args.refine, techniques=_techniques(args.techniques) or planning.TECHNIQUES)
+    print(planning.format_rows(rows))
     if args.json:
-        budget.save_rows(rows, args.json)
+        planning.save_rows(rows, args.json)
     if args.plot:
         print(f"Pareto plot: {args.plot}")
     return 0
@@ -492,6 +489,10 @@ def build_parser():
     p.add_argument("--pass", dest="passes", action="append", metavar="NAME[:k=v,...]",
                    help="a rewrite pass (repeatable; see 'sqcc passes')")
     p.add_argument("--input-shape", help="NAME:D1,D2,... overrides the model's input shape")
+    p.add_argument("--preprocess", metavar="RECIPE",
+                   help="image recipe for a model without one, stored in the package: e.g. "
+                   "size=224,resize=256,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW "
+                   "(mode=torch|tf|raw|grey)")
     p.add_argument("--calibration", metavar="DIR", help="images for data-aware fitting / calibration")
     p.add_argument("--calibration-limit", type=int, default=32, metavar="N",
                    help="calibration images used, spread over the folder (default 32)")
@@ -509,7 +510,9 @@ def build_parser():
     p.add_argument("--eval-images", metavar="DIR", help="labelled images: report accuracy and agreement")
     p.add_argument("--tuning-records", metavar="FILE", help="apply a tuning database")
     p.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after every phase")
-    p.add_argument("--force", action="store_true", help="rewrite layers even when MACs do not drop")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite layers even when MACs do not drop; write the package even when the "
+                   "compile does not match the original model (marked so in the manifest)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the original model")
     p.add_argument("--size-report", action="store_true",
                    help="print bytes per layer: dense, pruned CSR, shared-index, Huffman-coded")

@@ -13,6 +13,12 @@ class SqccError(Exception):
     """A problem with the user's input or environment, described in one line."""
 
 
+def one_line(err: BaseException) -> str:
+    """The last non-empty line of an exception's message (TVM puts the reason last), or its type."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
 class UnsupportedOpsError(SqccError):
     """The model uses operators the frontend cannot convert (all of them are listed)."""
 

@@ -70,21 +70,91 @@ class Agreement:
         return d
 
 
-def compare_on_inputs(run, ref, feeds: list[dict]) -> dict:
-    """``run(feed) -> outputs list`` vs the reference on each feed."""
-    agg = Agreement()
+FLOAT_TOLERANCE = 1e-4  # of each output's largest magnitude: what "unchanged numerics" means here
+INT_TOLERANCE = 1  # quantisation steps: an int8 model's outputs may round differently by one step
+
+
+def is_class_scores(shape) -> bool:
+    """A class-score vector ([1, K] or [K], K ≥ 2): where top-1/top-5 agreement means something."""
+    dims = [int(d) for d in shape]
+    return (len(dims) == 1 and dims[0] >= 2) or (len(dims) == 2 and dims[0] == 1 and dims[1] >= 2)
+
+
+def compare_on_inputs(run, ref, feeds: list[dict], outputs=None) -> dict:
+    """``run(feed) -> outputs list`` vs the reference on each feed, every output compared.
+
+    Returns the worst errors over all outputs at the top level (``max_abs``, ``max_rel``, ``rel_l2``),
+    top-1/top-5 agreement of the first class-score output, and one entry per output in ``outputs``
+    (name, shape, dtype, errors, cosine similarity, and agreement where it is a class-score vector)."""
+    per = None
     for feed in feeds:
-        ours = run(feed)
-        theirs = ref.run(feed)
-        agg.add(ours[0], theirs[0])
-    return agg.summary()
+        ours, theirs = run(feed), ref.run(feed)
+        if len(ours) != len(theirs):
+            raise SqccError(f"the compiled model returns {len(ours)} output(s), the reference "
+                            f"{len(theirs)}")
+        if per is None:
+            per = [Agreement() for _ in ours]
+            cos = [[0.0, 0.0, 0.0] for _ in ours]  # Σ o·r, Σ o², Σ r²
+        for k, (o, r) in enumerate(zip(ours, theirs)):
+            o, r = np.asarray(o), np.asarray(r)
+            if o.shape != r.shape:
+                name = outputs[k].name if outputs else f"#{k}"
+                raise SqccError(f"output '{name}': shape {list(o.shape)} compiled, "
+                                f"{list(r.shape)} in the reference")
+            per[k].add(o, r)
+            o64, r64 = o.astype(np.float64).ravel(), r.astype(np.float64).ravel()
+            cos[k][0] += float(o64 @ r64)
+            cos[k][1] += float(o64 @ o64)
+            cos[k][2] += float(r64 @ r64)
+    rows = []
+    for k, (agg, (dot, oo, rr)) in enumerate(zip(per or [], cos if per else [])):
+        spec = outputs[k] if outputs and k < len(outputs) else None
+        shape = list(spec.shape) if spec else []
+        d = agg.summary()
+        row = {"name": spec.name if spec else f"output_{k}", "shape": shape,
+               "dtype": spec.dtype if spec else "float32", "max_abs": d["max_abs"],
+               "max_rel": d["max_rel"], "rel_l2": d["rel_l2"],
+               "cosine": dot / (oo * rr) ** 0.5 if oo > 0 and rr > 0 else float(oo == rr)}
+        if is_class_scores(shape) or not spec:
+            row.update(top1_agreement=d["top1_agreement"], top1_agree_count=d["top1_agree_count"],
+                       top5_overlap=d["top5_overlap"])
+        rows.append(row)
+    return _summarise(rows, len(feeds))
+
+
+def _summarise(rows, n_inputs) -> dict:
+    d = {"inputs": n_inputs, "outputs": rows,
+         "max_abs": max((r["max_abs"] for r in rows), default=0.0),
+         "max_rel": max((r["max_rel"] for r in rows), default=0.0),
+         "rel_l2": max((r["rel_l2"] for r in rows), default=0.0),
+         "top1_agreement": None}
+    cls = next((r for r in rows if "top1_agreement" in r), None)
+    if cls is not None:
+        d.update(top1_agreement=cls["top1_agreement"], top1_agree_count=cls["top1_agree_count"],
+                 top5_overlap=cls["top5_overlap"])
+    return d
+
+
+def numerics_misses(fidelity: dict) -> list[str]:
+    """The outputs whose error exceeds what an unchanged compile may have, one phrase each."""
+    misses = []
+    for r in fidelity.get("outputs", []):
+        integer = not str(r["dtype"]).startswith("float")
+        if integer and r["max_abs"] > INT_TOLERANCE:
+            misses.append(f"'{r['name']}' differs by {r['max_abs']:.0f} quantisation steps "
+                          f"(> {INT_TOLERANCE})")
+        elif not integer and r["max_rel"] > FLOAT_TOLERANCE:
+            misses.append(f"'{r['name']}' max rel err {r['max_rel']:.3g} (> {FLOAT_TOLERANCE:g} of its "
+                          f"largest magnitude)")
+    return misses
 
 
 def evaluate_images(run, ref, folder, preprocess, input_spec, quant=None, limit=None,
                     progress=None) -> dict:
     """Accuracy and agreement on a folder of images (``labels.json`` optional)."""
     if preprocess is None:
-        raise SqccError("the model has no preprocessing recipe (not a known model); cannot feed it images")
+        raise SqccError("the model has no preprocessing recipe (not a known model): give --preprocess "
+                        "(e.g. size=224,resize=256,mean=...,std=...) to feed it images")
     files = list_images(folder)
     labels = load_labels(folder)
     if limit:
@@ -115,6 +185,11 @@ def format_fidelity(d: dict, ref_name: str = "reference") -> str:
         parts.append(f"top-1 accuracy: sqcc {d['ours_top1_count']}/{d['labelled']} = {d['ours_top1']:.3f}, "
                      f"{ref_name} {d['ref_top1_count']}/{d['labelled']} = {d['ref_top1']:.3f}; "
                      f"top-5: sqcc {d['ours_top5']:.3f}, {ref_name} {d['ref_top5']:.3f}")
+    outs = d.get("outputs") or []
+    if len(outs) > 1:
+        for r in outs:
+            parts.append(f"output {r['name']} {'x'.join(map(str, r['shape']))}: max abs err "
+                         f"{r['max_abs']:.3g}, max rel err {r['max_rel']:.3g}, cosine {r['cosine']:.6f}")
     return "\n  ".join(parts)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SqccError, UnsupportedOpsError
+from .errors import SqccError, UnsupportedOpsError, one_line
 from .models import ModelEntry, Preprocess, resolve
 
 TFLITE_MAGIC = b"TFL3"
@@ -47,6 +47,7 @@ class Model:
     path: str | None = None
     preprocess: Preprocess | None = None
     quant: dict = field(default_factory=dict)  # tflite int8 input/output (scale, zero_point)
+    notes: list = field(default_factory=list)  # what the import decided for the user (batch 1, ...)
 
     @property
     def sha256(self) -> str:
@@ -140,7 +141,7 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     if unknown:
         raise SqccError(f"--input-shape names {', '.join(sorted(unknown))}, but the model's inputs are "
                         f"{', '.join(i.name for i in graph_inputs)}")
-    shape_dict, dtype_dict, inputs = {}, {}, []
+    shape_dict, dtype_dict, inputs, notes = {}, {}, [], []
     for vi in graph_inputs:
         dims = _onnx_dims(vi)
         dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
@@ -157,6 +158,8 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
             if dims is None:
                 raise SqccError(f"{shown}: input '{vi.name}' has no shape; give --input-shape {vi.name}:D1,D2,...")
             dyn = [(ax, d) for ax, d in enumerate(dims) if not isinstance(d, int)]
+            dims = batch_one(vi.name, dims, notes)
+            dyn = [(ax, d) for ax, d in enumerate(dims) if not isinstance(d, int)]
             if dyn:
                 where = ", ".join(f"axis {ax} ('{d}')" for ax, d in dyn)
                 raise SqccError(f"{shown}: input '{vi.name}' has dynamic dimension(s) at {where} "
@@ -169,6 +172,8 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
 
     from tvm.relax.frontend.onnx import onnx_frontend
 
+    proto, canon = canonicalize_onnx(proto)
+    notes += canon
     supported = set(onnx_frontend._get_convert_map())
     bad = [(n.name or f"#{k}", n.op_type) for k, n in enumerate(proto.graph.node)
            if n.domain not in ("", "ai.onnx") or n.op_type not in supported]
@@ -178,14 +183,126 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     try:
         mod = onnx_frontend.from_onnx(proto, shape_dict, dtype_dict, keep_params_in_input=False)
     except Exception as e:
-        msg = str(e).strip().splitlines()
-        raise SqccError(f"{shown}: TVM's ONNX importer failed: {msg[-1] if msg else type(e).__name__}") from e
+        at = _failing_onnx_node(e)
+        folded = _fold_shapes_with_onnxruntime(proto, shape_dict)
+        try:  # shape arithmetic (Shape → Concat → Reshape) TVM cannot follow, folded by onnxruntime
+            mod = onnx_frontend.from_onnx(folded, shape_dict, dtype_dict, keep_params_in_input=False)
+        except Exception:  # noqa: BLE001 -- the first error is the one that names the user's node
+            raise SqccError(f"{shown}: TVM's ONNX importer failed{at}: {one_line(e)}") from e
+        proto = folded
+        notes.append(f"import: TVM's importer failed{at}; imported the graph onnxruntime "
+                     f"constant-folds at the input shapes ({one_line(e)[:100]})")
 
     from .layers import name_layers
 
     mod = name_layers(mod, [(n.name, n.op_type) for n in proto.graph.node], "onnx")
     outputs = _relax_outputs(mod, [o.name for o in proto.graph.output])
-    return Model(mod=mod, inputs=inputs, outputs=outputs, format="onnx", source=data, name=shown)
+    return Model(mod=mod, inputs=inputs, outputs=outputs, format="onnx", source=data, name=shown,
+                 notes=notes)
+
+
+def canonicalize_onnx(proto):
+    """Rewrite the inference-time no-ops TVM's importer mishandles, in the ONNX graph itself.
+
+    ``Dropout`` is the identity at inference, but TVM imports it as an (output, mask) tuple that its
+    build then rejects; ``Sum`` of n inputs is a chain of n−1 broadcasting ``Add``s (TVM's ``Sum``
+    leaves a layout its own passes cannot convert). Returns (the model, one note per kind rewritten);
+    the source bytes kept for the reference runtime are untouched."""
+    from onnx import helper
+
+    used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    nodes, counts = [], {}
+    for n in proto.graph.node:
+        if n.op_type == "Dropout" and n.domain in ("", "ai.onnx") and (
+                len(n.output) < 2 or not n.output[1] or n.output[1] not in used):
+            nodes.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+        elif n.op_type == "Sum" and n.domain in ("", "ai.onnx") and len(n.input) != 2:
+            nodes += _sum_as_adds(n)
+        else:
+            nodes.append(n)
+            continue
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    if not counts:
+        return proto, []
+    out = type(proto)()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    what = {"Dropout": "Dropout → Identity (inference)", "Sum": "Sum → chain of Add"}
+    return out, [f"import: {c} {what[op]}" for op, c in sorted(counts.items())]
+
+
+def _sum_as_adds(node):
+    from onnx import helper
+
+    ins = list(node.input)
+    if len(ins) == 1:
+        return [helper.make_node("Identity", ins, [node.output[0]], name=node.name)]
+    out, acc = [], ins[0]
+    for k, x in enumerate(ins[1:], start=1):
+        last = k == len(ins) - 1
+        y = node.output[0] if last else f"{node.output[0]}__sum{k}"
+        out.append(helper.make_node("Add", [acc, x], [y], name=node.name if last else f"{node.name}__sum{k}"))
+        acc = y
+    return out
+
+
+def _fold_shapes_with_onnxruntime(proto, shape_dict):
+    """The model as onnxruntime's basic (semantics-preserving) optimisations leave it, at static
+    input shapes: shape computations become constants, only standard ONNX ops remain."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    fixed = type(proto)()
+    fixed.CopyFrom(proto)
+    for vi in fixed.graph.input:
+        if vi.name in shape_dict:
+            for d, n in zip(vi.type.tensor_type.shape.dim, shape_dict[vi.name]):
+                d.ClearField("dim_param")
+                d.dim_value = int(n)
+    with tempfile.TemporaryDirectory(prefix="sqcc-fold-") as tmp:
+        out = os.path.join(tmp, "folded.onnx")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = out
+        try:
+            ort.InferenceSession(fixed.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            return onnx.load(out)
+        except Exception:  # noqa: BLE001 -- then there is nothing better to import
+            return proto
+
+
+def _failing_onnx_node(err: BaseException) -> str:
+    """' at node NAME (OP)' for the ONNX node TVM's importer was converting when it raised.
+
+    TVM's ``GraphProto._construct_nodes`` holds the node in a local named ``node``; the traceback
+    still has its frame."""
+    tb, found = err.__traceback__, None
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        if hasattr(node, "op_type") and hasattr(node, "input"):
+            found = node
+        tb = tb.tb_next
+    if found is None:
+        return ""
+    name = found.name or (f"(unnamed, output '{found.output[0]}')" if found.output else "(unnamed)")
+    return f" at node '{name}' ({found.op_type})" if found.name else f" at node {name} ({found.op_type})"
+
+
+def batch_one(name: str, dims: list, notes: list) -> list:
+    """``dims`` with a dynamic batch (axis 0 of a rank ≥ 2 input) set to 1, said in ``notes``.
+
+    A symbolic batch (torch.onnx dynamic axes, tf2onnx, Keras' None) is what most exports have and
+    the reference runtimes run as it is, so batch 1 is the default, not an error; other dynamic
+    axes stay errors that name the flag."""
+    if len(dims) < 2 or isinstance(dims[0], int):
+        return dims
+    notes.append(f"input '{name}': dynamic batch dimension '{dims[0]}' set to 1 "
+                 f"(--input-shape {name}:N,... for another batch)")
+    return [1] + list(dims[1:])
 
 
 def _fmt_dims(dims):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SqccError, quiet_vm_scope_warnings
+from .errors import SqccError, one_line, quiet_vm_scope_warnings
 from .frontend import TensorSpec
 from .models import Preprocess
 
@@ -164,7 +164,7 @@ class Package:
                     with quiet_vm_scope_warnings():
                         self._export_library(p)
                 except Exception as e:
-                    raise SqccError(f"cannot link the compiled library: {str(e).splitlines()[-1]}") from e
+                    raise SqccError(f"cannot link the compiled library: {one_line(e)}") from e
                 self._lib_bytes = p.read_bytes()
         return self._lib_bytes
 
@@ -304,7 +304,7 @@ def load(path) -> Package:
                 with quiet_vm_scope_warnings():
                     executable = tvm.runtime.load_module(str(lib))
             except Exception as e:
-                raise SqccError(f"{path}: cannot load the compiled library ({str(e).splitlines()[-1]})") from e
+                raise SqccError(f"{path}: cannot load the compiled library ({one_line(e)})") from e
     pkg = Package(executable, manifest, report, source=source, lib_bytes=members["lib.so"])
     pkg.path = path
     return pkg

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import SqccError
+from .errors import SqccError, one_line
 
 
 def dump(mod, dump_dir, step: int, name: str):
@@ -38,7 +38,7 @@ def run_passes(mod, pass_objs, specs, dump_dir=None, progress=None):
             err = getattr(e, "__cause__", None) or e
             if isinstance(err, SqccError):
                 raise err from None
-            raise SqccError(f"pass {spec} failed: {str(e).strip().splitlines()[-1]}") from e
+            raise SqccError(f"pass {spec} failed: {one_line(e)}") from e
         mod = relax.transform.CanonicalizeBindings()(mod)
         dump(mod, dump_dir, k, spec)
     return mod

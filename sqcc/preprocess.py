@@ -114,3 +114,63 @@ def imagenet_classes() -> list[str] | None:
         if cand.is_file():
             return json.loads(cand.read_text())
     return None
+
+
+PREPROCESS_KEYS = ("mode", "size", "resize", "mean", "std", "layout", "class_offset", "labels")
+
+
+def parse_preprocess(text: str) -> Preprocess:
+    """``--preprocess "size=224,resize=256,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW"``
+    → :class:`Preprocess`. A value without ``key=`` continues the previous key's list (mean, std,
+    size as H,W). ``mode``: torch (x/255, (x−mean)/std; the default), tf (x/127.5 − 1), raw, grey."""
+    fields, key = {}, None
+    for tok in (t.strip() for t in text.split(",")):
+        if not tok:
+            continue
+        if "=" in tok:
+            key, _, val = tok.partition("=")
+            key = key.strip()
+            if key not in PREPROCESS_KEYS:
+                raise SqccError(f"--preprocess: unknown key '{key}' (keys: {', '.join(PREPROCESS_KEYS)})")
+            fields[key] = [val.strip()]
+        elif key is None:
+            raise SqccError(f"--preprocess: '{tok}' has no key (expected KEY=VALUE, ...)")
+        else:
+            fields[key].append(tok)
+    try:
+        return _preprocess_from_fields(fields)
+    except ValueError as e:
+        raise SqccError(f"--preprocess '{text}': {e}") from None
+
+
+def _preprocess_from_fields(f: dict) -> Preprocess:
+    def one(key, cast):
+        if len(f[key]) != 1:
+            raise ValueError(f"{key} takes one value")
+        return cast(f[key][0])
+
+    kw = {}
+    if "size" in f:
+        size = [int(v) for v in f["size"]]
+        kw["size"] = (size[0], size[0]) if len(size) == 1 else tuple(size[:2])
+    kw["resize"] = one("resize", int) if "resize" in f else max(kw.get("size", (224, 224)))
+    for key in ("mean", "std"):
+        if key in f:
+            vals = tuple(float(v) for v in f[key])
+            if len(vals) not in (1, 3):
+                raise ValueError(f"{key} takes 1 or 3 values")
+            kw[key] = vals * 3 if len(vals) == 1 else vals
+    if "layout" in f:
+        kw["layout"] = one("layout", str).upper()
+        if kw["layout"] not in ("NCHW", "NHWC"):
+            raise ValueError("layout is NCHW or NHWC")
+    if "mode" in f:
+        kw["mode"] = one("mode", str)
+        if kw["mode"] not in ("torch", "tf", "raw", "grey"):
+            raise ValueError("mode is torch, tf, raw or grey")
+    if "class_offset" in f:
+        kw["class_offset"] = one("class_offset", int)
+    kw["labels"] = one("labels", str) if "labels" in f else "none"
+    if any(v <= 0 for v in kw.get("size", (1,))) or kw["resize"] <= 0:
+        raise ValueError("size and resize must be positive")
+    return Preprocess(**kw)

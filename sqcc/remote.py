@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .bench import _stats
-from .errors import SqccError
+from .errors import SqccError, one_line
 from .package import _to_numpy
 from .farm import keys_from_summary, parse_address, tracker_summary
 
@@ -78,7 +78,7 @@ def request_session(tracker: str = DEFAULT_TRACKER, key: str = DEFAULT_KEY, time
             raise SqccError(f"no free node for key '{key}' at the RPC tracker {host}:{port} within "
                             f"{timeout:.0f} s (another session took it); retry later") from None
         raise SqccError(f"the node for key '{key}' at {host}:{port} refused the session: "
-                        f"{str(e).strip().splitlines()[-1]}") from None
+                        f"{one_line(e)}") from None
     finally:
         tsess.close()
     return sess

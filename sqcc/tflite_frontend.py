@@ -365,9 +365,9 @@ def _layer_name(sg, idx) -> str:
     return _tensor_name(sg, idx).split(";")[0]
 
 
-def _input_specs(model, shown, input_shapes):
+def _input_specs(model, shown, input_shapes, notes):
     """(TensorSpecs, shape_dict, dtype_dict) of subgraph 0's inputs, with overrides applied."""
-    from .frontend import TensorSpec, _fmt_dims
+    from .frontend import TensorSpec, _fmt_dims, batch_one
 
     sg = model.Subgraphs(0)
     idxs = [int(i) for i in sg.InputsAsNumpy()] if sg.InputsLength() else []
@@ -396,6 +396,7 @@ def _input_specs(model, shown, input_shapes):
                                     f"{g} given")
             final = given
         else:
+            dims = batch_one(name, dims, notes)
             dyn = [ax for ax, d in enumerate(dims) if not isinstance(d, int)]
             if dyn:
                 where = ", ".join(f"axis {ax}" for ax in dyn)
@@ -458,8 +459,9 @@ def load_tflite(data: bytes, shown: str, input_shapes: dict):
 
         model = tflite.Model.GetRootAs(fixed, 0)
     sg = model.Subgraphs(0)
+    notes = []
     try:
-        specs, shape_dict, dtype_dict = _input_specs(model, shown, input_shapes)
+        specs, shape_dict, dtype_dict = _input_specs(model, shown, input_shapes, notes)
         bad = unsupported_ops(model)
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as e:
         why = _one_line(f"{type(e).__name__}: {e}")
@@ -513,7 +515,7 @@ def load_tflite(data: bytes, shown: str, input_shapes: dict):
     if any(q is not None for q in in_q + out_q):
         quant = {"inputs": in_q, "outputs": out_q}
     return Model(mod=mod, inputs=specs, outputs=outputs, format="tflite", source=data, name=shown,
-                 quant=quant)
+                 quant=quant, notes=notes)
 
 
 def _finish_module(mod, n_inputs):
@@ -534,3 +536,4 @@ def _finish_module(mod, n_inputs):
     funcs = {gv: (func if gv.name_hint == "main" else f) for gv, f in mod.functions.items()}
     mod = tvm.IRModule(funcs, attrs=mod.attrs)
     return _fix_int_avg_pool(mod)
+
