@@ -184,7 +184,7 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
         mod = onnx_frontend.from_onnx(proto, shape_dict, dtype_dict, keep_params_in_input=False)
     except Exception as e:
         at = _failing_onnx_node(e)
-        folded = _fold_shapes_with_onnxruntime(proto, shape_dict)
+        folded, _ = canonicalize_onnx(_fold_shapes_with_onnxruntime(proto, shape_dict))
         try:  # shape arithmetic (Shape → Concat → Reshape) TVM cannot follow, folded by onnxruntime
             mod = onnx_frontend.from_onnx(folded, shape_dict, dtype_dict, keep_params_in_input=False)
         except Exception:  # noqa: BLE001 -- the first error is the one that names the user's node
@@ -211,6 +211,7 @@ def canonicalize_onnx(proto):
     from onnx import helper
 
     used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    empty = {t.name for t in proto.graph.initializer if 0 in t.dims}
     nodes, counts = [], {}
     for n in proto.graph.node:
         if n.op_type == "Dropout" and n.domain in ("", "ai.onnx") and (
@@ -218,6 +219,12 @@ def canonicalize_onnx(proto):
             nodes.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
         elif n.op_type == "Sum" and n.domain in ("", "ai.onnx") and len(n.input) != 2:
             nodes += _sum_as_adds(n)
+        elif n.op_type == "Resize" and len(n.input) >= 4 and n.input[3] and n.input[2] in empty:
+            # an empty `scales` tensor beside `sizes` means "no scales"; TVM reads it as both given
+            r = type(n)()
+            r.CopyFrom(n)
+            r.input[2] = ""
+            nodes.append(r)
         else:
             nodes.append(n)
             continue
@@ -228,7 +235,8 @@ def canonicalize_onnx(proto):
     out.CopyFrom(proto)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    what = {"Dropout": "Dropout → Identity (inference)", "Sum": "Sum → chain of Add"}
+    what = {"Dropout": "Dropout → Identity (inference)", "Sum": "Sum → chain of Add",
+            "Resize": "Resize's empty scales dropped (sizes given)"}
     return out, [f"import: {c} {what[op]}" for op, c in sorted(counts.items())]
 
 
