@@ -1,8 +1,10 @@
-"""Cortex-M target (targets/micro.py): mnist-8 built with arm-none-eabi-gcc and run under
+"""Cortex-M target (targets/micro/): mnist-8 built with arm-none-eabi-gcc and run under
 qemu-system-arm. These tests do not skip when the toolchain is missing: CI installs
-gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm."""
+gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm. The pure parts (arena planner,
+presets, templates) are tested in tests/unit/test_micro_arena.py."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,7 +18,9 @@ from onnx import numpy_helper
 
 from sqcc.errors import SqccError
 from sqcc.targets import micro
-from sqcc.targets.micro import (bench_micro, check_plan, compile_micro, plan_arena, run_micro)
+from sqcc.targets.micro import bench_micro, check_plan, compile_micro, run_micro
+from sqcc.targets.micro.kernels import codegen_error, inline_schedule
+from sqcc.targets.micro.tir_eval import overlap_limit
 
 from conftest import DATA as _SHARED_DATA, MODELS  # ../shared beside the checkout (CI has it too)
 
@@ -131,25 +135,6 @@ def test_arena_plan_valid(m4_build):
     assert plan["peak"] < plan["no_reuse"]  # buffers are reused
     # lower_bound is the best plan without in-place overlaps; overlaps may go below it
     assert plan["lower_bound"] <= plan["peak"] or plan["overlaps"]
-
-
-def test_plan_arena_random_and_check_detects_overlap():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        n = int(rng.integers(1, 30))
-        bufs = []
-        for i in range(n):
-            s = int(rng.integers(-1, 20))
-            bufs.append({"name": f"b{i}", "size": int(rng.integers(1, 5000)), "start": s,
-                         "end": s + int(rng.integers(0, 6))})
-        plan = plan_arena(bufs)
-        check_plan(plan)
-        assert plan["lower_bound"] <= plan["peak"] <= plan["no_reuse"]
-    bad = {"peak": 64, "buffers": [{"name": "a", "size": 32, "start": 0, "end": 2, "offset": 0},
-                                   {"name": "b", "size": 32, "start": 2, "end": 3, "offset": 16}]}
-    with pytest.raises(SqccError, match="overlap"):
-        check_plan(bad)
-
 
 def test_workspace_path_unscheduled(mnist, m4_build, tmp_path):
     """Without sqcc's inline schedule, fused kernels ask TVMBackendAllocWorkspace for scratch: the
@@ -282,20 +267,12 @@ def test_bad_inputs(m4_build, mnist):
     with pytest.raises(SqccError, match="not a micro build"):
         run_micro(os.path.dirname(out_dir), {name: np.zeros((1, 1, 28, 28), "float32")})
 
-
-def test_presets_are_real_boards():
-    assert micro.PRESETS["cortex-m4"]["machine"] == "mps2-an386"
-    assert micro.PRESETS["cortex-m7"]["machine"] == "mps2-an500"
-    assert micro.PRESETS["cortex-m55"]["machine"] == "mps3-an547"
-    for p in micro.PRESETS.values():
-        assert "-mfloat-abi=hard" in p["cflags"] and any(f.startswith("-mcpu=") for f in p["cflags"])
-
-
 def test_too_big_caught_at_link(mnist, tmp_path, monkeypatch):
     """Weights fit but weights + code do not: the linker's overflow becomes the same one-line error."""
     mod, ins, outs = mnist
-    small = dict(micro.PRESETS["cortex-m4"]["flash"], size=26_000)  # mnist-8 weights: 23,984 B
-    monkeypatch.setitem(micro.PRESETS["cortex-m4"], "flash", small)
+    m4 = micro.PRESETS["cortex-m4"]
+    small = dataclasses.replace(m4.flash, size=26_000)  # mnist-8 weights: 23,984 B
+    monkeypatch.setitem(micro.PRESETS, "cortex-m4", dataclasses.replace(m4, flash=small))
     with pytest.raises(SqccError, match=r"too big for cortex-m4.*flash over by \d+ B"):
         compile_micro(mod, ins, outs, "cortex-m4", str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
@@ -481,7 +458,7 @@ def test_abs_lowers_on_c_target_and_codegen_errors_are_sqcc_errors(tmp_path):
     class FakeGV:
         name_hint = "fused_weird_op"
     err = Exception('InternalError: Unresolved call ir.Op(span=None, name="tirx.weird", num_inputs=1)')
-    msg = micro._codegen_error(err, {FakeGV(): "T.weird(x)"})
+    msg = codegen_error(err, {FakeGV(): "T.weird(x)"})
     assert msg.startswith("micro: TVM's C code generator cannot lower the operation tirx.weird")
     assert "fused_weird_op" in msg and "InternalError" not in msg
 
@@ -499,7 +476,7 @@ def _tir_kernel(kind, n=64, c_in=8, c_out=16):
                                                        axis=k), name="y")
         z = te.compute((n, c_out), lambda p, o: y[p, o].astype("uint8"), name="z")
         f = te.create_prim_func([x, w, z])
-        return micro._inline_schedule(f), 0, 2
+        return inline_schedule(f), 0, 2
     x = te.placeholder((n,), "uint8", name="x")
     z = te.compute((n,), lambda i: x[n - 1 - i], name="z")
     return te.create_prim_func([x, z]), 0, 1
@@ -510,23 +487,10 @@ def test_overlap_limit_from_tir():
     up to 64·8 + 7 bytes below its input (so the output ends 9 bytes short of the input's end, where
     pixel 63's last reads still happen); a flip may not overlap its input at all."""
     f, i, o = _tir_kernel("pointwise")
-    assert micro._overlap_limit(f, i, o) == -(64 * 8 + 7)
+    assert overlap_limit(f, i, o) == -(64 * 8 + 7)
     f, i, o = _tir_kernel("flip")
     # only the last output byte may land on the first input byte (read by the same iteration)
-    assert micro._overlap_limit(f, i, o) == -63
-
-
-def test_plan_arena_overlaps_are_checked():
-    bufs = [{"name": "a", "size": 512, "start": 0, "end": 1}, {"name": "b", "size": 1024, "start": 1, "end": 2}]
-    plain = plan_arena(bufs)
-    assert plain["peak"] == 1536 and not plain["overlaps"]
-    over = plan_arena(bufs, overlaps=[{"out": "b", "in": "a", "d_max": -(512 + 7)}])
-    check_plan(over)
-    assert over["peak"] == 1024 + 16 and over["overlaps"][0]["d"] <= -(512 + 7)
-    bad = dict(over, overlaps=[dict(over["overlaps"][0], d_max=-600)])  # b placed too high for that
-    with pytest.raises(SqccError, match="overlap"):
-        check_plan(bad)
-
+    assert overlap_limit(f, i, o) == -63
 
 def test_person_detect_cli_compile_run_bench(tmp_path):
     """The issue's commands: sqcc compile --target micro:cortex-m4, sqcc run --image (both images),
