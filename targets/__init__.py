@@ -91,15 +91,7 @@ def cuda_spec(preset: str | None = None) -> TargetSpec:
 def micro_spec(preset: str | None = None) -> TargetSpec:
     from . import micro
 
-    if hasattr(micro, "spec"):  # the micro module's own, when it has one
-        return micro.spec(preset)
-    p = micro.get_preset(preset or "cortex-m4")
-    return TargetSpec(f"micro:{p['name']}", "micro", p["name"],
-                      f"{p['cpu']} on {p['board']} (qemu-system-arm), flash {p['flash']['size'] // 1024} KiB, "
-                      f"RAM {p['ram']['size'] // 1024} KiB", tvm_target={"kind": "c"}, runs_locally=False,
-                      device_type="micro", cross_compiler="arm-none-eabi-gcc",
-                      toolchain_package="gcc-arm-none-eabi", how_to_run="ELF under qemu-system-arm (semihosting)",
-                      how_to_measure="instruction count under qemu -icount; flash/RAM from the ELF")
+    return micro.spec(preset)
 
 
 FAMILIES = {"host": host_spec, "arm_cpu": arm_cpu_spec, "cuda": cuda_spec, "micro": micro_spec}

@@ -87,10 +87,12 @@ def _dynamic_model(path):
     return path
 
 
-def test_dynamic_dim_needs_override(tmp_path):
+def test_dynamic_batch_defaults_to_one_and_can_be_overridden(tmp_path):
     p = _dynamic_model(tmp_path / "dyn.onnx")
-    with pytest.raises(SqccError, match=r"input 'x' has dynamic dimension.*axis 0 \('N'\).*--input-shape x:N,4"):
-        load(p)
+    m = load(p)
+    assert m.inputs[0].shape == (1, 4)
+    assert m.notes == ["input 'x': dynamic batch dimension 'N' set to 1 (--input-shape x:N,... for "
+                       "another batch)"]
     m = load(p, "x:2,4")
     assert m.inputs[0].shape == (2, 4)
 

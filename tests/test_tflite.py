@@ -389,13 +389,12 @@ def test_custom_op_is_unsupported(tmp_path):
         frontend.load(str(p))
 
 
-def test_dynamic_input_needs_an_override(tmp_path):
+def test_dynamic_batch_is_one_unless_overridden(tmp_path):
     p = tmp_path / "dyn.tflite"
     p.write_bytes(_tiny_relu())
-    with pytest.raises(SqccError) as e:
-        frontend.load(str(p))
-    msg = str(e.value)
-    assert "input 'x' has dynamic dimension(s) at axis 0" in msg and "--input-shape x:N,4" in msg
+    m = frontend.load(str(p))
+    assert m.inputs[0].shape == (1, 4) and m.outputs[0].shape == (1, 4)
+    assert any("dynamic batch dimension '?' set to 1" in n for n in m.notes)
 
     m = frontend.load(str(p), input_shapes="x:3,4")
     assert m.inputs[0].shape == (3, 4) and m.outputs[0].shape == (3, 4)
