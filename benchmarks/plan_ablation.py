@@ -55,7 +55,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="output prefix (writes PREFIX.md and PREFIX.json)")
     args = ap.parse_args(argv)
 
-    from sqcc import budget, frontend
+    from sqcc import frontend, planning
     from sqcc.calibrate import calibration_feeds, collect_activations
 
     rows = json.loads(Path(args.plan).read_text())
@@ -80,21 +80,21 @@ def main(argv=None):
     t0 = time.time()
     m = frontend.load(args.model)
     calib = calibration_feeds(m, args.images, limit=args.calib)
-    feeds, _, _ = budget.eval_set(m, args.images)
+    feeds, _, _ = planning.eval_set(m, args.images)
     acts = collect_activations(m.mod, calib, max_samples=len(calib))
-    ref = budget._logits(m.mod, feeds)
-    ho = budget.heldout_mask(calib, feeds)
-    total, _ = budget._model_totals(m.mod)
+    ref = planning.predict_logits(m.mod, feeds)
+    ho = planning.heldout_mask(calib, feeds)
+    total, _ = planning.model_totals(m.mod)
     results = []
     for name, sp, saved in runs:
         t1 = time.time()
-        mod, recs = budget.realise(m.mod, sp, acts, calib)
-        y = budget._logits(mod, feeds)
+        mod, recs = planning.realise(m.mod, sp, acts, calib)
+        y = planning.predict_logits(mod, feeds)
         agree = y.argmax(1) == ref.argmax(1)
         macs = total - sum(r.macs_before - r.macs_after for r in recs if r.applied)
         res = {"run": name, "specs": sp, "macs_frac": macs / total, "agreement": float(agree.mean()),
-               "agreement_heldout": float(agree[ho].mean()), "kl_heldout": budget._kl(ref[ho], y[ho]),
-               "kl_calibration": budget._kl(ref[~ho], y[~ho]), "saved": saved, "seconds": time.time() - t1}
+               "agreement_heldout": float(agree[ho].mean()), "kl_heldout": planning.mean_kl(ref[ho], y[ho]),
+               "kl_calibration": planning.mean_kl(ref[~ho], y[~ho]), "saved": saved, "seconds": time.time() - t1}
         results.append(res)
         print(f"{name}: MACs {res['macs_frac']:.3f} agreement {res['agreement']:.3f} held-out "
               f"{res['agreement_heldout']:.3f} KL held-out {res['kl_heldout']:.4f} ({res['seconds']:.0f}s)", flush=True)

@@ -63,7 +63,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="output prefix (default out/sweep_<model>)")
     args = ap.parse_args(argv)
 
-    from sqcc import budget, frontend
+    from sqcc import frontend, planning
     from sqcc.calibrate import calibration_feeds
 
     t0 = time.perf_counter()
@@ -72,14 +72,14 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     m = frontend.load(args.model)
     calib = calibration_feeds(m, args.images, limit=args.calib, views=args.calib_views)
-    rows = budget.sweep(m, [float(b) for b in args.budgets.split(",")], calib, args.images,
-                        modes=tuple(args.modes.split(",")), metric=args.metric,
-                        techniques=tuple(args.techniques.split(",")), plot=str(out) + ".png",
-                        eval_limit=args.eval_limit, refit_rounds=args.refit_rounds,
-                        sensitivity=args.sensitivity, sequential=args.sequential,
-                        compensate=args.compensate, relu=args.relu, refine=args.refine, progress=say)
-    budget.save_rows(rows, str(out) + ".json")
-    table = budget.format_rows(rows)
+    rows = planning.sweep(m, [float(b) for b in args.budgets.split(",")], calib, args.images,
+                          modes=tuple(args.modes.split(",")), metric=args.metric,
+                          techniques=tuple(args.techniques.split(",")), plot=str(out) + ".png",
+                          eval_limit=args.eval_limit, refit_rounds=args.refit_rounds,
+                          sensitivity=args.sensitivity, sequential=args.sequential,
+                          compensate=args.compensate, relu=args.relu, refine=args.refine, progress=say)
+    planning.save_rows(rows, str(out) + ".json")
+    table = planning.format_rows(rows)
     threads = os.environ.get("TVM_NUM_THREADS", "default")
     data = ("data-aware fits" + (", allocation weighted by held-out sensitivity" if args.sensitivity else "")
             + (f", {args.refit_rounds} refit round(s)" if args.refit_rounds else

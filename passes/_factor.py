@@ -4,14 +4,14 @@ A technique is a function ``fit(layer: LayerFit, setting) -> Factorization`` in 
 the weight, the conv geometry and (when calibration activations exist) the patch second moments Σ
 of the layer's input, and returns a chain of convs (or matmuls) plus the dense weight Ŵ that chain
 is equal to. This module turns that into MACs/params, errors, a :class:`LayerRecord` and the Relax
-bindings; :mod:`sqcc.budget` calls the same fits to price candidates.
+bindings; :mod:`sqcc.planning` calls the same fits to price candidates.
 
 ReLU-aware fits (``relu=N``, default 3, data-aware only): where the layer's output only feeds
 ``relu(conv + bias)`` (found from the graph, :func:`relu_biases`), the fit is iterated N times towards
 targets t = y where y > 0, else min(ŷ, 0) — the outputs that are negative in both the original and the
 approximation cost nothing — by the same (asymmetric) least squares with E[t p̂ᵀ] in place of W·E[p p̂ᵀ]
 (``LayerFit.tcross``); the iterate with the least post-ReLU error on the calibration patches is kept.
-:class:`RefitLayers` compensates layers that are not rewritten (used by ``sqcc.budget.realise``).
+:class:`RefitLayers` compensates layers that are not rewritten (used by ``sqcc.planning.realise``).
 
 Errors: weight error ‖W − Ŵ‖/‖W‖; output error ‖(W − Ŵ)P‖/‖WP‖ over the calibration patches P,
 computed exactly as sqrt(tr(DΣDᵀ)/tr(WΣWᵀ)) with D = W − Ŵ (per group), Σ = PPᵀ/|P|.
@@ -699,7 +699,7 @@ def reference_chain(x, layer: "LayerFit", f: "Factorization"):
 
 
 class RefitLayers(FactorPassBase):
-    """Compensation of layers that are *not* rewritten (not a registered pass; :func:`sqcc.budget.realise`
+    """Compensation of layers that are *not* rewritten (not a registered pass; :func:`sqcc.planning.realise`
     uses it): each listed conv keeps its shape and MACs but gets the full-rank least-squares weight
     T = W·C(p, p̂)·C(p̂, p̂)⁻¹ and bias correction that map the inputs p̂ it sees in the rewritten model
     to the original outputs (ReLU-aware where a ReLU follows, like the factorisations). Only layers

@@ -27,7 +27,7 @@ def load_calibration_images(folder, preprocess, n: int | None = None, input_spec
     ``views`` > 1 adds the next views of each image from ``preprocess.VIEWS`` (its mirror, then
     corner crops: more calibration data from the same images), *view-major*: all images' first
     view, then all images' second, and so on. With an even number of images every even/odd split of
-    the result (the held-out halves of ``sqcc.budget``) is then a split of the images, so no image
+    the result (the held-out halves of ``sqcc.planning``) is then a split of the images, so no image
     is on both sides; an odd number of images loses its last one when ``views`` > 1."""
     from .preprocess import VIEWS, list_images, load_image
 

@@ -49,7 +49,7 @@ def test_depthwise_with_multiplier_is_skipped_or_exact():
 
 
 def test_reduced_multiplier_saves_macs_and_reports_error(squeezenet):
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
 
     lf = next(l for l in layer_fits(squeezenet.mod) if l.name == "conv3")
     x = random_activations(lf)
@@ -77,7 +77,7 @@ def test_bad_parameters(spec, msg):
 
 
 def _real_layer(model, name, images):
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
     from sqcc.calibrate import collect_activations, load_calibration_images
 
     xs = load_calibration_images(SHARED / "data" / "imagenet-sample", model.preprocess, images, model.inputs[0])
@@ -165,7 +165,7 @@ def test_energy_spread_lowers_output_error_at_same_macs(squeezenet):
     """Fire2's 3×3 expand (conv3) at M = 4 on real activations (8 images, fitted on 4, measured on the
     other 4): sharing the 64 filters by energy gives lower output error than 4 per channel, at the same
     MACs, measured by running both chains."""
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
     from sqcc.passes._factor import bias_correction, chain_cost, reference_chain, reference_conv2d
     from sqcc.passes.dwsep import fit_dwsep
 
@@ -192,7 +192,7 @@ def test_fractional_multiplier_runs_the_fitted_chain(geometry):
     from onnx import numpy_helper
     from test_passes_lowrank import GEOMETRIES, single_conv_model
 
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
     from sqcc.passes._factor import chain_cost, reference_conv2d
     from sqcc.passes.dwsep import fit_dwsep
 

@@ -60,7 +60,7 @@ def test_geometry_against_onnxruntime(geometry):
 
 
 def test_few_terms_report_error_and_save_macs(squeezenet):
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
 
     lf = next(l for l in layer_fits(squeezenet.mod) if l.name == "conv3")
     ctx = PassContext(activations={"conv3": random_activations(lf)})

@@ -61,7 +61,7 @@ LAYERS = {"squeezenet1.1": ["conv0", "conv1", "conv3", "conv25"],
 
 def check_layers_exact(model, fit_fn, data: bool, tol=1e-4, names=None):
     """The factorised chain equals the conv on random activations (numpy), for the listed layers."""
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
     from sqcc.calibrate import patch_covariance
 
     names = names or LAYERS.get(model.name)
@@ -208,7 +208,7 @@ def test_matmul_weight_svd():
 # ----------------------------------------------------------------------------- reduced rank, records
 
 def test_reduced_rank_reports_its_error(squeezenet):
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
 
     lf = next(l for l in layer_fits(squeezenet.mod) if l.name == "conv3")
     x = np.concatenate([random_activations(lf, s) for s in range(2)])
@@ -376,7 +376,7 @@ def test_relu_aware_fit_lowers_post_relu_error_and_stays_exact(squeezenet, spec)
     ReLU (on the calibration patches) is below the linear fit's; at full rank it is still exact."""
     import re
 
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
 
     lf = next(l for l in layer_fits(squeezenet.mod) if l.name == "conv3")
     x = np.concatenate([random_activations(lf, s) for s in range(2)])
@@ -395,7 +395,7 @@ def test_relu_aware_fit_lowers_post_relu_error_and_stays_exact(squeezenet, spec)
 
 
 def test_compensation_refit_of_an_unrewritten_layer():
-    """RefitLayers (used by budget.realise for layers it does not rewrite): without upstream error the
+    """RefitLayers (used by planning.realise for layers it does not rewrite): without upstream error the
     weight stays W; with it, the cross-validated ridge refit lowers the error on the distorted inputs
     and never moves further from W than the unregularised least squares."""
     from sqcc.calibrate import patch_cross_moments
@@ -420,7 +420,7 @@ def test_spatial_joint_fit_lowers_error_and_stays_exact(squeezenet):
     """Alternating least squares over the vertical and horizontal factors: lower output error than the
     SVD + least-squares H (fire2's 3×3 expand, rank 20, real activations of 4 images), and exact on a
     weight that is a rank-8 spatial product."""
-    from sqcc.budget import layer_fits
+    from sqcc.planning import layer_fits
     from sqcc.calibrate import collect_activations, load_calibration_images
     from sqcc.passes._factor import bias_correction
     from sqcc.passes.low_rank import fit_spatial

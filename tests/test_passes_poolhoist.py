@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sqcc import budget, frontend, passes
+from sqcc import frontend, passes, planning
 from sqcc.errors import SqccError
 from sqcc.passes import PassContext
 from sqcc.passes.pool_hoist import find_hoistable, hoisted_reference
@@ -98,7 +98,7 @@ def test_squeezenet_classifier(squeezenet):
     (r,) = ctx.records
     assert r.layer == "conv25" and r.applied
     assert (r.macs_before, r.macs_after) == (13 * 13 * 1000 * 512, 7 * 7 * 1000 * 512)
-    wt = next(lf.weight for lf in budget.layer_fits(squeezenet.mod) if lf.name == "conv25")
+    wt = next(lf.weight for lf in planning.layer_fits(squeezenet.mod) if lf.name == "conv25")
     bias = passes._factor.relu_biases(squeezenet.mod["main"])["conv25"]
     want = hoisted_reference(acts["conv25"], wt, bias, 2)
     orig = hoisted_reference(acts["conv25"], wt, bias, 1)
@@ -131,28 +131,28 @@ def test_budget_prices_hoist_by_measured_kl(squeezenet):
     from sqcc.calibrate import calibration_feeds
 
     feeds = calibration_feeds(squeezenet, IMAGES, limit=4)
-    priced = budget.price(squeezenet.mod, None, ("lowrank",), use_data=False)
-    added = budget.hoist_candidates(squeezenet.mod, priced, feeds, {"conv25": 4.0})
+    priced = planning.price(squeezenet.mod, None, ("lowrank",), use_data=False)
+    added = planning.hoist_candidates(squeezenet.mod, priced, feeds, {"conv25": 4.0})
     assert [(layer, c.rank) for layer, c, _ in added] == [("conv25", 2), ("conv25", 3), ("conv25", 0)]
-    ref = budget._logits(squeezenet.mod, feeds)
+    ref = planning.predict_logits(squeezenet.mod, feeds)
     for _, c, kl in added:
         new = passes.create(f"poolhoist:window={c.rank}", PassContext())(squeezenet.mod)
-        assert kl == pytest.approx(budget._kl(ref, budget._logits(new, feeds)), rel=1e-6)
+        assert kl == pytest.approx(planning.mean_kl(ref, planning.predict_logits(new, feeds)), rel=1e-6)
         assert 4.0 * c.error ** 2 == pytest.approx(kl, rel=1e-9)
     assert added[2][2] > added[0][2] > 0  # the whole map moves the predictions more than 2×2 windows
     # without sensitivities the error is the pass's own: the pooled output's relative error
-    plain = budget.hoist_candidates(squeezenet.mod, budget.price(squeezenet.mod, None, ("lowrank",), use_data=False),
-                                    feeds)
+    plain = planning.hoist_candidates(squeezenet.mod,
+                                      planning.price(squeezenet.mod, None, ("lowrank",), use_data=False), feeds)
     errs = [c.error for _, c, kl in plain]
     assert [kl for _, _, kl in plain] == [None] * 3 and 0 < errs[0] < errs[1] < errs[2] < 1
-    plan = budget.allocate(squeezenet.mod, None, macs=0.76, fit="weight", priced=priced,
-                           techniques=("lowrank", "poolhoist"))
+    plan = planning.allocate(squeezenet.mod, None, macs=0.76, fit="weight", priced=priced,
+                             techniques=("lowrank", "poolhoist"))
     hoist = [e for e in plan.entries if e.technique == "poolhoist"]
     assert [e.layer for e in hoist] == ["conv25"]
     assert f"poolhoist:window={hoist[0].rank},layers=conv25" in plan.pass_specs
-    mod, recs = budget.realise(squeezenet.mod, plan.pass_specs)
+    mod, recs = planning.realise(squeezenet.mod, plan.pass_specs)
     assert any(r.technique == "poolhoist" and r.applied for r in recs)
-    assert budget._model_totals(mod)[0] == plan.macs_after
+    assert planning.model_totals(mod)[0] == plan.macs_after
 
 
 def test_realise_hoists_the_compensated_classifier(squeezenet):
@@ -163,9 +163,9 @@ def test_realise_hoists_the_compensated_classifier(squeezenet):
     feeds = calibration_feeds(squeezenet, IMAGES, limit=4)
     acts = collect_activations(squeezenet.mod, feeds, max_samples=4)
     specs = ["dwsep:multiplier=8,fit=data,layers=conv24", "poolhoist:window=2,layers=conv25"]
-    mod, recs = budget.realise(squeezenet.mod, specs, acts, feeds)
+    mod, recs = planning.realise(squeezenet.mod, specs, acts, feeds)
     (h,) = [r for r in recs if r.technique == "poolhoist"]
     assert h.applied and h.layer == "conv25" and h.macs_after == 7 * 7 * 1000 * 512
     dw = next(r for r in recs if r.technique == "dwsep" and r.applied)
-    total = budget._model_totals(squeezenet.mod)[0]
-    assert budget._model_totals(mod)[0] == total - (dw.macs_before - dw.macs_after) - (h.macs_before - h.macs_after)
+    total = planning.model_totals(squeezenet.mod)[0]
+    assert planning.model_totals(mod)[0] == total - (dw.macs_before - dw.macs_after) - (h.macs_before - h.macs_after)
