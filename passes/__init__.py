@@ -40,7 +40,8 @@ class PassInfo:
 REGISTRY: dict[str, PassInfo] = {}
 
 # Modules that define passes; importing one registers its passes.
-PASS_MODULES = ["low_rank", "dwsep", "flatten", "shuffle", "int8", "qdq_fold", "binary", "deep_compression", "shuffle_canon", "pool_hoist"]
+PASS_MODULES = ["low_rank", "dwsep", "flatten", "shuffle", "int8", "qdq_fold", "binary", "deep_compression",
+                "shuffle_canon", "pool_hoist"]
 
 
 def register(name: str, summary: str, params=()):

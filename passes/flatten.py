@@ -158,7 +158,8 @@ def fit_flatten(layer: LayerFit, rank: int = 2, use_data=True, iters: int = 100,
     rank = max(1, int(rank))
     key = ("cp", rank, iters)
     t = w.astype(np.float64)
-    if use_data and layer.cov is not None and (layer.hat is not None or layer.tcross is not None):  # asymmetric target (upstream rewrites)
+    # asymmetric target (upstream rewrites)
+    if use_data and layer.cov is not None and (layer.hat is not None or layer.tcross is not None):
         t = np.concatenate([layer.target(i)[0] for i in range(g)]).reshape(w.shape)
     if key not in layer.cache:
         layer.cache[key] = _exact_terms(t, rank) if rank >= exact else cp_als(t, rank, iters, restarts=restarts)

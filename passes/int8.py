@@ -390,7 +390,6 @@ def quantize_module(mod, activations: dict, method: str = "entropy", keep=(), pe
     binds = _bindings(func)
     unit_of = {u.binding.var: u for u in units}
     member = {v for u in units for v in u.members}
-    by_var = {b.var: b for b in binds}
     ret_vars = set(relax.analysis.free_vars(func.body.body))
 
     # ---- scales: every quantised layer's input from its calibration activations, then backwards

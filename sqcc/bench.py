@@ -138,7 +138,8 @@ def format_result(r: dict) -> str:
     s = r["sqcc"]
     lines = [f"model {r['model']}  target {r['target']}  threads {r['threads']}  batch {r['batch']}",
              f"device {r['device']}",
-             f"sqcc                       median {s['median_ms']:8.3f} ms   min {s['min_ms']:8.3f}   max {s['max_ms']:8.3f}"
+             f"sqcc                       median {s['median_ms']:8.3f} ms   min {s['min_ms']:8.3f}   "
+             f"max {s['max_ms']:8.3f}"
              f"   ({s['runs']} runs)"]
     if "peer" in r:
         for p in r.get("peers", [r["peer"]]):

@@ -248,7 +248,8 @@ def build_aarch64_root(force: bool = False, say=_say_default) -> Path:
         say("[3/4] python venv + pip install inside the root (emulated)")
         t0 = time.monotonic()
         _run_step(["chroot", part, "/usr/bin/python3", "-m", "venv", "/venv"], say, "venv (emulated)", log, env=env)
-        _run_step(["chroot", part, "/venv/bin/pip", "install", "--no-index", "--no-cache-dir", "--no-compile", "--find-links",
+        _run_step(["chroot", part, "/venv/bin/pip", "install", "--no-index", "--no-cache-dir", "--no-compile",
+                   "--find-links",
                    "/opt/sqcc-wheels", *AARCH64_WHEELS], say, "pip install (emulated)", log, env=env)
         say(f"[3/4] installed in {time.monotonic() - t0:.0f} s")
         say("[4/4] smoke test: import tvm under emulation")

@@ -215,10 +215,12 @@ def bench_remote(pkg, tracker: str = DEFAULT_TRACKER, key: str = DEFAULT_KEY, re
     out = {"model": manifest["model"]["name"], "target": manifest["target"]["name"], "tracker": tracker,
            "key": key, "emulated": emulated,
            "device": facts.get("device") or f"remote node '{key}' via {tracker}",
-           "threads": facts.get("threads"), "batch": int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"] else 1,
+           "threads": facts.get("threads"),
+           "batch": int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"] else 1,
            "sqcc": stats}
     if emulated:
-        out["note"] = "EMULATED (qemu-user on this machine): not ARM hardware speed; for correctness and relative comparison only"
+        out["note"] = ("EMULATED (qemu-user on this machine): not ARM hardware speed; for correctness and "
+                       "relative comparison only")
     return out
 
 

@@ -107,7 +107,8 @@ def test_unsupported_ops_listed_in_one_message(tmp_path):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("my.domain", 1)])
     p = tmp_path / "u.onnx"
     p.write_bytes(m.SerializeToString())
-    with pytest.raises(SqccError, match=r"unsupported operator\(s\) MyOp in 2 node\(s\): custom1 \(MyOp\), custom2 \(MyOp\)"):
+    with pytest.raises(SqccError, match=r"unsupported operator\(s\) MyOp in 2 node\(s\): "
+                                        r"custom1 \(MyOp\), custom2 \(MyOp\)"):
         load(p)
 
 

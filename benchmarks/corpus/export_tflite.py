@@ -296,7 +296,7 @@ def export(name, spec, out_dir, part_dir):
     seed = 2000 + list(MODELS).index(base)
     keras.utils.set_random_seed(seed)
     model = spec["build"]()
-    xcal = sanitize(model, seed)
+    sanitize(model, seed)
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if spec["fp16"]:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -54,8 +54,9 @@ def compile_micro(mod, inputs, outputs, preset: str, out_dir: str, *, stack_byte
     ``micro:`` prefix is accepted). ``schedule``: sqcc's inline schedule (less workspace, faster).
     ``measure``: run once under qemu for the instruction count and the stack high-water mark.
     ``overlap``: let a kernel's output share arena bytes with an input it finishes reading, where
-    its access order (checked on its TIR) allows. ``stack_bytes``: the stack to reserve; None (default): link with 16 KiB, measure the high-water
-    mark under qemu, relink with that + 512 B (rounded up to 256 B) and check the run is unchanged."""
+    its access order (checked on its TIR) allows. ``stack_bytes``: the stack to reserve; None
+    (default): link with 16 KiB, measure the high-water mark under qemu, relink with that + 512 B
+    (rounded up to 256 B) and check the run is unchanged."""
     t0 = time.time()
     p = get_preset(preset)
     tools = check_toolchain(p, need_qemu=measure)

@@ -89,7 +89,8 @@ def _run_function(g, plan_off: dict, ws_bytes: dict) -> list:
         L.append(f"  {{ /* step {i}: {s.kernel} */")
         L.append(f"    static const TVMFFIAny args[{len(s.args)}] = {{")
         for a in s.args:
-            L.append(f"      {{ .type_index = kTVMFFIDLTensorPtr, .zero_padding = 0, .v_ptr = (void*)&t_{_cname(a)} }},")
+            L.append(f"      {{ .type_index = kTVMFFIDLTensorPtr, .zero_padding = 0, "
+                     f".v_ptr = (void*)&t_{_cname(a)} }},")
         L.append("    };")
         if s.ws_buf is not None:
             L.append(f"    sqcc_ws_cur = sqcc_arena + {plan_off[s.ws_buf]}; "
