@@ -41,6 +41,9 @@ def farm_up(tmp_path_factory):
     old = os.environ.get("SQCC_FARM_DIR")
     os.environ["SQCC_FARM_DIR"] = str(tmp_path_factory.mktemp("farmstate"))
     t0 = time.monotonic()
+    from conftest import wait_for_early_root
+
+    wait_for_early_root()  # conftest may have started the build at collection (fresh machines)
     root = farm.build_aarch64_root()  # no-op when cached; else builds it (minutes) with progress
     built_s = time.monotonic() - t0
     port = _free_port()
