@@ -52,7 +52,6 @@ def model_path(name: str) -> Path:
 
 def conv_flops(onnx_model, shape_dict) -> float:
     """2 x MACs of Conv/Gemm/MatMul nodes, from ONNX shape inference."""
-    import onnx
     from onnx import numpy_helper, shape_inference
 
     m = shape_inference.infer_shapes(onnx_model)

@@ -51,7 +51,7 @@ def main(argv=None):
 
     import sqcc.frontend as F
     from sqcc.bench import time_blocks
-    from sqcc.build import build, host_target
+    from sqcc.build import build
     from sqcc.calibrate import calibration_feeds, collect_activations
     from sqcc.passes.int8 import layer_names, quantize_module
     from sqcc.preprocess import list_images, load_image, load_labels

@@ -20,7 +20,6 @@ Set TVM_NUM_THREADS to the cores you want (say which in any figure).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

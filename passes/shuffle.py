@@ -191,7 +191,6 @@ def _emit_like(builder, var, value, name):
 def uniquify_names(mod):
     """``mod`` with main's binding names made unique (later duplicates get ``_k`` suffixes): the
     channel analysis speaks of bindings by name. ConvertLayout, for one, reuses names."""
-    from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     from ..layers import _bindings, tvm_ir_update

@@ -19,7 +19,6 @@ default schedules skip them.
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import te, tirx
 
 WORD = 32

@@ -31,12 +31,10 @@ import json
 import os
 import sys
 from collections import OrderedDict
-from functools import partial
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 tv_resnet = importlib.import_module("torchvision.models.resnet")
 tv_googlenet = importlib.import_module("torchvision.models.googlenet")

@@ -17,7 +17,6 @@ import os
 import shutil
 from collections import Counter
 
-import numpy as np
 
 ONNX_DT = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
            10: "float16", 11: "float64", 16: "bfloat16"}
@@ -30,7 +29,6 @@ def _sha(path):
 
 def onnx_info(path):
     import onnx
-    from onnx import numpy_helper
     m = onnx.load(path)
     g = m.graph
     inits = {i.name: i for i in g.initializer}

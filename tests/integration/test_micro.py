@@ -152,7 +152,6 @@ def test_workspace_path_unscheduled(mnist, m4_build, tmp_path):
 
 def _tiny_module(n_in=64, n_out=10, big_act=0, big_weight=0):
     """x -> dense(W) -> softmax, and a second output exp(x)*2 (tuple return, libm)."""
-    import tvm
     from tvm import relax
     bb = relax.BlockBuilder()
     k = n_in + big_act
@@ -440,7 +439,6 @@ def test_fixed_point_requant_is_tflite_arithmetic():
 def test_abs_lowers_on_c_target_and_codegen_errors_are_sqcc_errors(tmp_path):
     """tirx.fabs has no rule in TVM's c target (it stopped person_detect with an internal error):
     sqcc lowers it to fabsf. Any other codegen gap is an SqccError naming the op and kernel."""
-    import tvm
     from tvm import relax
 
     bb = relax.BlockBuilder()
@@ -466,7 +464,6 @@ def test_abs_lowers_on_c_target_and_codegen_errors_are_sqcc_errors(tmp_path):
 def _tir_kernel(kind, n=64, c_in=8, c_out=16):
     """A 1×1 conv expanding channels (reads pixel p for every output of pixel p), or a flip
     (out[i] = in[n-1-i]: the first write lands where the last read is)."""
-    import tvm
     from tvm import te
     if kind == "pointwise":
         x = te.placeholder((n, c_in), "uint8", name="x")

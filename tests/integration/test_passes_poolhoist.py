@@ -15,12 +15,11 @@ from sqcc.passes.pool_hoist import find_hoistable, hoisted_reference
 
 from test_passes_lowrank import mobilenet, rel, squeezenet, tvm_run  # noqa: F401
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
+IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenet-sample"
 
 
 def conv_gap_model(relu: bool, c=24, n=40, h=13, w=11, seed=0, extra_bias=False):
     """ONNX: Conv 1×1 (bias) → [Add per-channel constant] → [Relu] → GlobalAveragePool → Flatten."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)

@@ -29,7 +29,7 @@ from sqcc.errors import SqccError  # noqa: E402
 from sqcc.schedules import RULE_ATTR, DefaultSchedules  # noqa: E402
 from sqcc.schedules.tuning import database_paths, open_database, tune  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SQUEEZENET = REPO / "sqcc" / "models" / "squeezenet1.1.onnx"
 RTOL = 1e-4
 

@@ -15,7 +15,7 @@ from tvm.relax.frontend.onnx import from_onnx
 from sqcc.build import build, host_target, schedule
 from sqcc.schedules.concat import EliminateConcat
 
-SQUEEZENET = Path(__file__).resolve().parents[1] / "sqcc" / "models" / "squeezenet1.1.onnx"
+SQUEEZENET = Path(__file__).resolve().parents[2] / "sqcc" / "models" / "squeezenet1.1.onnx"
 
 
 def _calls(mod):

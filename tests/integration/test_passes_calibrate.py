@@ -6,7 +6,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sqcc import frontend
 from sqcc.calibrate import (calibration_feeds, collect_activations, instrument, load_calibration_images,
                             patch_covariance)
 from sqcc.errors import SqccError

@@ -6,7 +6,6 @@ import tarfile
 import numpy as np
 import pytest
 
-import sqcc
 from sqcc import SqccError
 from sqcc.package import load, read_members
 

@@ -5,7 +5,7 @@ import pytest
 from onnx import numpy_helper
 
 import sqcc
-from conftest import DATA, IMAGENET, MODELS
+from conftest import DATA, IMAGENET
 from sqcc.fidelity import evaluate_images, reference_for_package
 from sqcc.preprocess import load_image
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MODELS = SHARED / "models"
 DATA = SHARED / "data"
 

@@ -34,7 +34,8 @@ def test_full_multiplier_end_to_end(squeezenet, mobilenet):
         assert rel(tvm_run(mod, feed), y0) < 1e-4
         # MobileNet's depthwise and 1×1 layers are skipped with a reason
         reasons = {r.detail.split(";")[0] for r in ctx.records if not r.applied}
-        assert reasons <= {"1×1 kernel: no spatial part to separate", "already depthwise", "dwsep applies to convs only"}
+        assert reasons <= {"1×1 kernel: no spatial part to separate", "already depthwise",
+                           "dwsep applies to convs only"}
 
 
 @pytest.mark.parametrize("geometry", ["stride2_asympad", "3x5_stride21_dil21", "dilated2_grouped2"])
@@ -121,7 +122,6 @@ def test_joint_fit_stays_exact_on_separable_weights(squeezenet):
 
 def _per_channel_rank_model(ranks, n=12, seed=0):
     """A one-conv ONNX model (3×3, stride 2, bias) whose input channel c's N×9 slice has rank ranks[c]."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ from sqcc.errors import SqccError
 from sqcc.passes import PassContext
 from sqcc.passes._factor import reference_chain, reference_conv2d
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MODELS = SHARED / "models"
 
 
@@ -87,7 +87,6 @@ def check_layers_exact(model, fit_fn, data: bool, tol=1e-4, names=None):
 def single_conv_model(c=6, n=12, h=13, w=11, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
                       dilations=(1, 1), group=1, seed=0):
     """A one-Conv ONNX model (with bias). pads are ONNX order: top, left, bottom, right."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -182,7 +181,6 @@ def test_geometry_against_onnxruntime(scheme, geometry):
 
 def test_matmul_weight_svd():
     """A Gemm/MatMul with a constant weight is split into two matmuls."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

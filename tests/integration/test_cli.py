@@ -125,7 +125,8 @@ def test_error_unsupported_ops(tmp_path):
                           opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("acme", 1)])
     f = tmp_path / "u.onnx"
     f.write_bytes(m.SerializeToString())
-    assert_one_line_error(run_cli("compile", f), r"unsupported operator\(s\) Bar, Foo in 2 node\(s\): foo_1 \(Foo\), bar_2 \(Bar\)")
+    assert_one_line_error(run_cli("compile", f),
+                          r"unsupported operator\(s\) Bar, Foo in 2 node\(s\): foo_1 \(Foo\), bar_2 \(Bar\)")
 
 
 def test_error_dynamic_shape_and_override(tmp_path):

@@ -158,7 +158,7 @@ def test_int8_dot_product_kernels_on_emulated_node(farm_up, tmp_path):
               for i in range(3) for j in range(3))
     np.testing.assert_array_equal(y, ref)
 
-    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+    shared = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared")
     pd = os.path.join(shared, "models", "person_detect.tflite")
     host = sqcc.compile(pd, check=False)
     arm = sqcc.compile(pd, target="arm_cpu:graviton3", check=False)

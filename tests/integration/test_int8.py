@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 IMAGES = SHARED / "data" / "imagenet-sample"
 
 
@@ -201,7 +201,6 @@ def test_keep_leaves_layers_float(squeeze):
 
 
 def test_errors(squeeze, tmp_path):
-    import sqcc.frontend as F
     from sqcc import passes
     from sqcc.calibrate import calibration_feeds, collect_activations
     from sqcc.errors import SqccError

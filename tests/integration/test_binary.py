@@ -65,7 +65,6 @@ def test_binary_conv_exact_on_pm1(pm1, mode):
 
 
 def test_binary_skip_and_groups_errors():
-    from sqcc import passes
     from sqcc.errors import SqccError
 
     w = np.ones((8, 1, 3, 3), np.float32)

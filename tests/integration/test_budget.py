@@ -85,7 +85,6 @@ def test_data_aware_beats_weight_only_on_squeezenet(squeezenet):
 
 
 def two_conv_model():
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -325,7 +324,8 @@ def test_realise_memo_reuses_shared_prefix_and_changes_nothing(monkeypatch):
     acts = collect_activations(m.mod, feeds)
     calls = []
     real = calibrate.collect_activations
-    monkeypatch.setattr(calibrate, "collect_activations", lambda *a, **k: calls.append(k.get("layers")) or real(*a, **k))
+    monkeypatch.setattr(calibrate, "collect_activations",
+                        lambda *a, **k: calls.append(k.get("layers")) or real(*a, **k))
     a = ["lowrank:scheme=channel,rank=3,fit=data,layers=c1", "dwsep:multiplier=2,fit=data,layers=c2"]
     b = [a[0], "lowrank:scheme=spatial,rank=4,fit=data,layers=c2"]
     memo: dict = {}
