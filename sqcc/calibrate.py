@@ -63,9 +63,79 @@ def load_calibration_images(folder, preprocess, n: int | None = None, input_spec
     return out
 
 
-def calibration_feeds(model, folder, limit: int = 32, views: int = 1) -> list[dict]:
-    """Calibration inputs for ``model`` (a frontend.Model) from an image folder: ``[{input: array}]``
-    (``limit`` images, ``views`` views of each: :func:`load_calibration_images`)."""
+TENSOR_SUFFIXES = (".npy", ".npz", ".pb")
+
+
+def tensor_files(folder) -> list:
+    """The .npy / .npz / TensorProto .pb files of a folder (sorted), or [] (then it holds images)."""
+    d = Path(folder)
+    if not d.is_dir():
+        return []
+    return sorted(f for f in d.iterdir() if f.suffix in TENSOR_SUFFIXES and f.is_file())
+
+
+def calibration_feeds(model, source, limit: int = 32, views: int = 1) -> list[dict]:
+    """Calibration inputs for ``model`` (a frontend.Model): ``[{input name: array}]``.
+
+    ``source``: a folder of images (``limit`` of them, spread over the folder, ``views`` views of
+    each: :func:`load_calibration_images`), a folder of tensor feeds (one feed per file: ``.npz``
+    with one array per input name, or ``.npy`` / TensorProto ``.pb`` for a one-input model), or any
+    Python iterable of feed dicts (the first ``limit`` are taken, so a generator is not exhausted).
+    Only ``limit`` feeds are ever held in memory."""
+    if not isinstance(source, (str, Path)):
+        return [check_feed(model, f, f"calibration feed #{k}") for k, f in
+                zip(range(limit), source)]
+    files = tensor_files(source)
+    if files:
+        step = max(1, len(files) // max(1, limit))
+        return [check_feed(model, read_feed(f, model), str(f)) for f in files[::step][:limit]]
+    return _image_feeds(model, source, limit, views)
+
+
+def read_feed(path: Path, model) -> dict:
+    """One feed from a .npz (arrays by input name), .npy or TensorProto .pb file (a one-input model)."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if len(arrays) == 1 and len(model.inputs) == 1:
+                return {model.inputs[0].name: next(iter(arrays.values()))}
+            return arrays
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            from onnx import TensorProto, numpy_helper
+
+            t = TensorProto()
+            t.ParseFromString(path.read_bytes())
+            arr = numpy_helper.to_array(t)
+    except Exception as e:  # noqa: BLE001 -- a corrupt file is the user's to fix: name it
+        raise SqccError(f"{path}: cannot read a tensor ({type(e).__name__})") from None
+    if len(model.inputs) != 1:
+        raise SqccError(f"{path}: {model.name} has {len(model.inputs)} inputs; give one .npz per feed "
+                        f"with arrays named {', '.join(s.name for s in model.inputs)}")
+    return {model.inputs[0].name: arr}
+
+
+def check_feed(model, feed, where: str) -> dict:
+    """``feed`` with every model input present at its shape, cast to its dtype; SqccError naming it."""
+    if not isinstance(feed, dict):
+        raise SqccError(f"{where}: a feed is a dict of input name → array, got {type(feed).__name__}")
+    missing = [s.name for s in model.inputs if s.name not in feed]
+    if missing:
+        raise SqccError(f"{where}: no array for input(s) {', '.join(missing)} (it has "
+                        f"{', '.join(map(str, feed)) or 'none'})")
+    out = {}
+    for s in model.inputs:
+        arr = np.asarray(feed[s.name])
+        if tuple(arr.shape) != tuple(s.shape):
+            raise SqccError(f"{where}: input '{s.name}' has shape {list(arr.shape)}, the model's is "
+                            f"{list(s.shape)}")
+        out[s.name] = arr.astype(s.dtype)
+    return out
+
+
+def _image_feeds(model, folder, limit: int, views: int) -> list[dict]:
     if len(model.inputs) != 1:
         raise SqccError(f"calibration from an image folder needs a model with one input; "
                         f"{model.name} has {len(model.inputs)}")

@@ -489,11 +489,11 @@ def build_parser():
     p.add_argument("--pass", dest="passes", action="append", metavar="NAME[:k=v,...]",
                    help="a rewrite pass (repeatable; see 'sqcc passes')")
     p.add_argument("--input-shape", help="NAME:D1,D2,... overrides the model's input shape")
-    p.add_argument("--preprocess", metavar="RECIPE",
-                   help="image recipe for a model without one, stored in the package: e.g. "
-                   "size=224,resize=256,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW "
-                   "(mode=torch|tf|raw|grey)")
-    p.add_argument("--calibration", metavar="DIR", help="images for data-aware fitting / calibration")
+    p.add_argument("--preprocess", metavar="RECIPE", help="image recipe for a model without one, kept in the "
+                   "package: e.g. size=224,resize=256,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,"
+                   "layout=NCHW (mode=torch|tf|raw|grey)")
+    p.add_argument("--calibration", metavar="DIR", help="images (the model's recipe or --preprocess), or "
+                   ".npy/.npz/TensorProto .pb feeds, one per file: for data-aware fitting / calibration")
     p.add_argument("--calibration-limit", type=int, default=32, metavar="N",
                    help="calibration images used, spread over the folder (default 32)")
     p.add_argument("--calibration-views", type=int, default=1, metavar="K",

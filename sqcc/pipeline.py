@@ -104,7 +104,10 @@ def import_model(c: Compilation):
         from .preprocess import parse_preprocess
 
         m.preprocess = parse_preprocess(o.preprocess) if isinstance(o.preprocess, str) else o.preprocess
-    if m.preprocess is None and (o.eval_images is not None or isinstance(o.calibration, (str, Path))):
+    from .calibrate import tensor_files
+
+    images = isinstance(o.calibration, (str, Path)) and not tensor_files(o.calibration)
+    if m.preprocess is None and (o.eval_images is not None or images):
         flag = "--eval-images" if o.eval_images is not None else "--calibration"
         raise SqccError(f"{flag} feeds images, and {m.name} has no preprocessing recipe (not a known "
                         f"model): give --preprocess, e.g. size=224,resize=256,mean=0.485,0.456,0.406,"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from sqcc.package import load
 from sqcc.preprocess import load_image, parse_preprocess
@@ -47,3 +48,26 @@ def test_image_flags_without_a_recipe_name_the_flag(tmp_path):
     assert p.returncode != 0
     assert "--preprocess" in p.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "m.tar").exists()
+
+
+def test_calibration_from_npy_and_npz_feeds_without_a_recipe(tmp_path):
+    """A folder of tensor feeds needs no image recipe; they are checked and used like images."""
+    import sqcc
+    from sqcc.errors import SqccError
+
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        np.save(feeds / f"x{k}.npy", rng.standard_normal((1, 3, 96, 96)).astype(np.float32))
+    np.savez(feeds / "x3.npz", input=rng.standard_normal((1, 3, 96, 96)).astype(np.float32))
+    pkg = sqcc.compile(str(MODEL), calibration=str(feeds), calibration_limit=4)
+    assert pkg.report["fidelity"]["inputs"] == 2 + 4  # two random inputs, then every feed
+    # an iterable of feed dicts from Python, and a wrong shape named with its file
+    pkg = sqcc.compile(str(MODEL), calibration=({"input": np.zeros((1, 3, 96, 96), np.float32)}
+                                                for _ in range(2)))
+    assert pkg.report["fidelity"]["inputs"] == 4
+    np.save(feeds / "x4.npy", np.zeros((1, 3, 64, 64), np.float32))
+    with pytest.raises(SqccError, match=r"x4.npy: input 'input' has shape \[1, 3, 64, 64\], the model's is "
+                                        r"\[1, 3, 96, 96\]"):
+        sqcc.compile(str(MODEL), calibration=str(feeds), calibration_limit=8)
