@@ -90,17 +90,17 @@ def _module_fn(fn):
 def _lower(mod: tvm.IRModule, target: tvm.target.Target, layout: bool) -> tvm.IRModule:
     from sqcc.schedules.layout import nchw_conv_transpose
 
-    seq = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
-           _module_fn(nchw_conv_transpose)]
+    seq = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
     if layout and _is_cpu(target):
         from sqcc.schedules.cpu import cpu_info
-        from sqcc.schedules.layout import (nchw_conv_transpose, pad_output_channels,
-                                           split_depthwise_multiplier, to_nhwc)
+        from sqcc.schedules.layout import pad_output_channels, split_depthwise_multiplier, to_nhwc
         from sqcc.schedules.fold import fold_constants_numpy
         from sqcc.passes.shuffle_canon import gather_to_nhwc
-        seq += [split_depthwise_multiplier(), to_nhwc(), _module_fn(nchw_conv_transpose), gather_to_nhwc(),
+        seq += [split_depthwise_multiplier(), to_nhwc(), gather_to_nhwc(),
                 pad_output_channels(cpu_info(target).lanes), fold_constants_numpy()]
     seq += [
+        # after the layout passes: ConvertLayout may leave an NHWC conv2d_transpose, as TFLite does
+        _module_fn(nchw_conv_transpose),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

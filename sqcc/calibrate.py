@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SqccError
+from .frontend import check_feed, read_tensor_file
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -83,56 +84,30 @@ def calibration_feeds(model, source, limit: int = 32, views: int = 1) -> list[di
     Python iterable of feed dicts (the first ``limit`` are taken, so a generator is not exhausted).
     Only ``limit`` feeds are ever held in memory."""
     if not isinstance(source, (str, Path)):
-        return [check_feed(model, f, f"calibration feed #{k}") for k, f in
+        return [check_feed(model.inputs, f, f"calibration feed #{k}") for k, f in
                 zip(range(limit), source)]
     files = tensor_files(source)
     if files:
         step = max(1, len(files) // max(1, limit))
-        return [check_feed(model, read_feed(f, model), str(f)) for f in files[::step][:limit]]
+        return [check_feed(model.inputs, read_feed(f, model), str(f)) for f in files[::step][:limit]]
     return _image_feeds(model, source, limit, views)
 
 
 def read_feed(path: Path, model) -> dict:
     """One feed from a .npz (arrays by input name), .npy or TensorProto .pb file (a one-input model)."""
-    try:
-        if path.suffix == ".npz":
+    if path.suffix == ".npz":
+        try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            if len(arrays) == 1 and len(model.inputs) == 1:
-                return {model.inputs[0].name: next(iter(arrays.values()))}
-            return arrays
-        if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        else:
-            from onnx import TensorProto, numpy_helper
-
-            t = TensorProto()
-            t.ParseFromString(path.read_bytes())
-            arr = numpy_helper.to_array(t)
-    except Exception as e:  # noqa: BLE001 -- a corrupt file is the user's to fix: name it
-        raise SqccError(f"{path}: cannot read a tensor ({type(e).__name__})") from None
+        except Exception as e:  # noqa: BLE001 -- a corrupt file is the user's to fix: name it
+            raise SqccError(f"{path}: cannot read a tensor ({type(e).__name__})") from None
+        if len(arrays) == 1 and len(model.inputs) == 1:
+            return {model.inputs[0].name: next(iter(arrays.values()))}
+        return arrays
     if len(model.inputs) != 1:
         raise SqccError(f"{path}: {model.name} has {len(model.inputs)} inputs; give one .npz per feed "
                         f"with arrays named {', '.join(s.name for s in model.inputs)}")
-    return {model.inputs[0].name: arr}
-
-
-def check_feed(model, feed, where: str) -> dict:
-    """``feed`` with every model input present at its shape, cast to its dtype; SqccError naming it."""
-    if not isinstance(feed, dict):
-        raise SqccError(f"{where}: a feed is a dict of input name → array, got {type(feed).__name__}")
-    missing = [s.name for s in model.inputs if s.name not in feed]
-    if missing:
-        raise SqccError(f"{where}: no array for input(s) {', '.join(missing)} (it has "
-                        f"{', '.join(map(str, feed)) or 'none'})")
-    out = {}
-    for s in model.inputs:
-        arr = np.asarray(feed[s.name])
-        if tuple(arr.shape) != tuple(s.shape):
-            raise SqccError(f"{where}: input '{s.name}' has shape {list(arr.shape)}, the model's is "
-                            f"{list(s.shape)}")
-        out[s.name] = arr.astype(s.dtype)
-    return out
+    return {model.inputs[0].name: read_tensor_file(path)}
 
 
 def _image_feeds(model, folder, limit: int, views: int) -> list[dict]:

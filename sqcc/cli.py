@@ -220,29 +220,16 @@ def _techniques(text):
 # -------------------------------------------------------------------------------------------- run
 
 def _read_tensor(path, spec):
-    import numpy as np
-
     from .errors import SqccError
+    from .frontend import read_tensor_file
 
     p = Path(path)
     if not p.is_file():
         raise SqccError(f"--input {p}: no such file")
     try:
-        if p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        elif p.suffix == ".pb":
-            import onnx
-            from onnx import numpy_helper
-
-            t = onnx.TensorProto()
-            t.ParseFromString(p.read_bytes())
-            arr = numpy_helper.to_array(t)
-        else:
-            raise SqccError(f"--input {p}: expected a .npy file or an ONNX TensorProto .pb")
-    except SqccError:
-        raise
-    except Exception as e:
-        raise SqccError(f"--input {p}: cannot read tensor ({e.__class__.__name__})") from None
+        arr = read_tensor_file(p)
+    except SqccError as e:
+        raise SqccError(f"--input {e}") from None
     if tuple(arr.shape) != tuple(spec.shape):
         raise SqccError(f"--input {p}: shape {list(arr.shape)}, the model input '{spec.name}' is {list(spec.shape)}")
     return arr.astype(spec.dtype)

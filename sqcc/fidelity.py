@@ -31,6 +31,8 @@ class Agreement:
         self.max_rel = 0.0
         self.sq_err = 0.0
         self.sq_ref = 0.0
+        self.sq_ours = 0.0
+        self.dot = 0.0  # Σ ours·ref, for the cosine similarity
         self.labelled = 0
         self.correct = {"ours_top1": 0, "ours_top5": 0, "ref_top1": 0, "ref_top5": 0}
         self.class_offset = class_offset
@@ -43,6 +45,8 @@ class Agreement:
         self.max_rel = max(self.max_rel, e["max_rel"])
         self.sq_err += float(np.sum((o - r) ** 2))
         self.sq_ref += float(np.sum(r ** 2))
+        self.sq_ours += float(np.sum(o ** 2))
+        self.dot += float(o @ r)
         self.n += 1
         k = min(5, o.size)
         to, tr = np.argsort(-o, kind="stable")[:k], np.argsort(-r, kind="stable")[:k]
@@ -59,6 +63,8 @@ class Agreement:
     def summary(self) -> dict:
         d = {"inputs": self.n, "max_abs": self.max_abs, "max_rel": self.max_rel,
              "rel_l2": (self.sq_err / self.sq_ref) ** 0.5 if self.sq_ref else 0.0,
+             "cosine": (self.dot / (self.sq_ours * self.sq_ref) ** 0.5 if self.sq_ours and self.sq_ref
+                        else float(self.sq_ours == self.sq_ref)),
              "top1_agreement": self.top1_agree / self.n if self.n else None,
              "top1_agree_count": self.top1_agree,
              "top5_overlap": self.top5_overlap / self.n if self.n else None}
@@ -86,15 +92,13 @@ def compare_on_inputs(run, ref, feeds: list[dict], outputs=None) -> dict:
     Returns the worst errors over all outputs at the top level (``max_abs``, ``max_rel``, ``rel_l2``),
     top-1/top-5 agreement of the first class-score output, and one entry per output in ``outputs``
     (name, shape, dtype, errors, cosine similarity, and agreement where it is a class-score vector)."""
-    per = None
+    per = []
     for feed in feeds:
         ours, theirs = run(feed), ref.run(feed)
         if len(ours) != len(theirs):
             raise SqccError(f"the compiled model returns {len(ours)} output(s), the reference "
                             f"{len(theirs)}")
-        if per is None:
-            per = [Agreement() for _ in ours]
-            cos = [[0.0, 0.0, 0.0] for _ in ours]  # Σ o·r, Σ o², Σ r²
+        per = per or [Agreement() for _ in ours]
         for k, (o, r) in enumerate(zip(ours, theirs)):
             o, r = np.asarray(o), np.asarray(r)
             if o.shape != r.shape:
@@ -102,22 +106,15 @@ def compare_on_inputs(run, ref, feeds: list[dict], outputs=None) -> dict:
                 raise SqccError(f"output '{name}': shape {list(o.shape)} compiled, "
                                 f"{list(r.shape)} in the reference")
             per[k].add(o, r)
-            o64, r64 = o.astype(np.float64).ravel(), r.astype(np.float64).ravel()
-            cos[k][0] += float(o64 @ r64)
-            cos[k][1] += float(o64 @ o64)
-            cos[k][2] += float(r64 @ r64)
     rows = []
-    for k, (agg, (dot, oo, rr)) in enumerate(zip(per or [], cos if per else [])):
+    for k, agg in enumerate(per):
         spec = outputs[k] if outputs and k < len(outputs) else None
-        shape = list(spec.shape) if spec else []
         d = agg.summary()
-        row = {"name": spec.name if spec else f"output_{k}", "shape": shape,
-               "dtype": spec.dtype if spec else "float32", "max_abs": d["max_abs"],
-               "max_rel": d["max_rel"], "rel_l2": d["rel_l2"],
-               "cosine": dot / (oo * rr) ** 0.5 if oo > 0 and rr > 0 else float(oo == rr)}
-        if is_class_scores(shape) or not spec:
-            row.update(top1_agreement=d["top1_agreement"], top1_agree_count=d["top1_agree_count"],
-                       top5_overlap=d["top5_overlap"])
+        row = {"name": spec.name if spec else f"output_{k}", "shape": list(spec.shape) if spec else [],
+               "dtype": spec.dtype if spec else "float32",
+               **{key: d[key] for key in ("max_abs", "max_rel", "rel_l2", "cosine")}}
+        if spec is None or is_class_scores(spec.shape):
+            row.update({key: d[key] for key in ("top1_agreement", "top1_agree_count", "top5_overlap")})
         rows.append(row)
     return _summarise(rows, len(feeds))
 

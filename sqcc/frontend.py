@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -341,3 +342,43 @@ def random_inputs(model: Model, seed: int = 0) -> dict:
             info = np.iinfo(spec.dtype)
             out[spec.name] = rng.integers(info.min, info.max + 1, spec.shape).astype(spec.dtype)
     return out
+
+
+def check_feed(inputs, feed, where: str) -> dict:
+    """``feed`` (input name → array) with every one of ``inputs`` (TensorSpecs) present, none unknown,
+    each at its shape and cast to its dtype (contiguous); SqccError prefixed with ``where``."""
+    if not isinstance(feed, dict):
+        raise SqccError(f"{where}: a feed is a dict of input name → array, got {type(feed).__name__}")
+    names = [s.name for s in inputs]
+    missing = [n for n in names if n not in feed]
+    extra = [str(n) for n in feed if n not in names]
+    if missing or extra:
+        raise SqccError(f"{where}: the model's inputs are {', '.join(names)}; missing "
+                        f"{', '.join(missing) or '-'}, unknown {', '.join(extra) or '-'}")
+    out = {}
+    for spec in inputs:
+        x = np.asarray(feed[spec.name])
+        if tuple(x.shape) != tuple(spec.shape):
+            raise SqccError(f"{where}: input '{spec.name}' has shape {list(x.shape)}, the model "
+                            f"expects {list(spec.shape)}")
+        out[spec.name] = np.ascontiguousarray(x, dtype=spec.dtype)
+    return out
+
+
+def read_tensor_file(path) -> np.ndarray:
+    """An array from a ``.npy`` file or an ONNX TensorProto ``.pb`` (never a pickle)."""
+    path = Path(path)
+    if path.suffix not in (".npy", ".pb"):
+        raise SqccError(f"{path}: expected a .npy file or an ONNX TensorProto .pb")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        from onnx import TensorProto, numpy_helper
+
+        t = TensorProto()
+        t.ParseFromString(path.read_bytes())
+        return numpy_helper.to_array(t)
+    except FileNotFoundError:
+        raise SqccError(f"{path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 -- a corrupt file is the user's to fix: name it
+        raise SqccError(f"{path}: cannot read a tensor ({type(e).__name__})") from None

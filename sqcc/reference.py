@@ -18,20 +18,9 @@ from .errors import SqccError
 
 
 def _check_inputs(model, inputs: dict) -> dict:
-    names = [s.name for s in model.inputs]
-    missing = [n for n in names if n not in inputs]
-    extra = [n for n in inputs if n not in names]
-    if missing or extra:
-        raise SqccError(f"{model.name}: reference run needs inputs {', '.join(names)}; "
-                        f"missing {', '.join(missing) or '-'}, unknown {', '.join(extra) or '-'}")
-    out = {}
-    for spec in model.inputs:
-        x = np.asarray(inputs[spec.name])
-        if tuple(x.shape) != tuple(spec.shape):
-            raise SqccError(f"{model.name}: input '{spec.name}' has shape {list(x.shape)}, the model "
-                            f"expects {list(spec.shape)}")
-        out[spec.name] = np.ascontiguousarray(x, dtype=spec.dtype)
-    return out
+    from .frontend import check_feed
+
+    return check_feed(model.inputs, inputs, f"{model.name}: reference run")
 
 
 class OnnxRuntimeSession:

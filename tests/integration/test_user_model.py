@@ -68,6 +68,6 @@ def test_calibration_from_npy_and_npz_feeds_without_a_recipe(tmp_path):
                                                 for _ in range(2)))
     assert pkg.report["fidelity"]["inputs"] == 4
     np.save(feeds / "x4.npy", np.zeros((1, 3, 64, 64), np.float32))
-    with pytest.raises(SqccError, match=r"x4.npy: input 'input' has shape \[1, 3, 64, 64\], the model's is "
-                                        r"\[1, 3, 96, 96\]"):
+    with pytest.raises(SqccError, match=r"x4.npy: input 'input' has shape \[1, 3, 64, 64\], the model "
+                                        r"expects \[1, 3, 96, 96\]"):
         sqcc.compile(str(MODEL), calibration=str(feeds), calibration_limit=8)
