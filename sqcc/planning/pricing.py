@@ -112,33 +112,31 @@ def _dwsep_candidates(layer, data: bool) -> list[Candidate]:
     """Depthwise-separable at multipliers in half steps: the filters are shared out by energy, so any
     C·M count is a candidate."""
     n, _, kh, kw = layer.weight.shape
-    out = []
-    for mlt in np.arange(0.5, min(n // layer.groups, kh * kw), 0.5):
-        mlt = int(mlt) if mlt == int(mlt) else float(mlt)
-        f = fit_dwsep(layer, mlt, data)
-        if isinstance(f, str):  # the fit's reason it does not apply
-            break
-        m, p = chain_cost(layer, f)
-        if m >= layer.macs:
-            break
-        out.append(Candidate("dwsep", mlt, m, p, _fit_error(layer, f, data)))
-    return out
+    mults = [int(m) if m == int(m) else float(m)
+             for m in np.arange(0.5, min(n // layer.groups, kh * kw), 0.5)]
+    return _price_settings(layer, "dwsep", mults, lambda mlt: fit_dwsep(layer, mlt, data), data)
 
 
 def _flatten_candidates(layer, data: bool) -> list[Candidate]:
     """Flattened 1-D convolutions with 1, 2, 3, 4 or 6 terms per filter (30 CP-ALS iterations)."""
     _, cg, kh, kw = layer.weight.shape
+    terms = [rr for rr in (1, 2, 3, 4, 6) if rr < kh * min(cg, kw)]  # exact beyond: nothing to price
+    return _price_settings(layer, "flatten", terms,
+                           lambda rr: fit_flatten(layer, rr, data, iters=30, restarts=0), data)
+
+
+def _price_settings(layer, technique: str, settings, fit, data: bool) -> list[Candidate]:
+    """A Candidate per setting, in increasing cost, until the fit does not apply (it returns its
+    reason, a str) or the chain no longer saves MACs."""
     out = []
-    for rr in (1, 2, 3, 4, 6):
-        if rr >= kh * min(cg, kw):  # exact from here on: no saving left to price
-            break
-        f = fit_flatten(layer, rr, data, iters=30, restarts=0)
+    for setting in settings:
+        f = fit(setting)
         if isinstance(f, str):
             break
         m, p = chain_cost(layer, f)
         if m >= layer.macs:
             break
-        out.append(Candidate("flatten", rr, m, p, _fit_error(layer, f, data)))
+        out.append(Candidate(technique, setting, m, p, _fit_error(layer, f, data)))
     return out
 
 
