@@ -58,7 +58,9 @@ def inline_spatial_except(sch: Schedule, keep) -> None:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of ``n`` in increasing order (O(sqrt n): extents can be 2^31)."""
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def loop_extent(sch: Schedule, loop) -> int | None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import tvm
 
+from sqcc import interrupts
 from sqcc.errors import SqccError, one_line
 
 log = logging.getLogger(__name__)
@@ -256,76 +257,98 @@ def tune(mod: tvm.IRModule, target, trials: int, records_path: str,
     ``search_strategy``/``cost_model`` are MetaSchedule's (``"replay-trace"``/``"random"`` make
     a quick smoke run without the evolutionary search's seconds of model-guided sampling).
     Returns the records path, which :func:`sqcc.build.build` accepts as ``tuning_records``.
+
+    Ctrl-C (or SIGTERM) stops it with ``KeyboardInterrupt`` even where TVM's FFI turned the
+    interrupt into an error; the records measured so far stay, and a re-run resumes.
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from sqcc.build import as_target, lower_to_tir
+    from sqcc.build import lower_to_tir
 
     if not isinstance(trials, int) or trials < 1:
         raise SqccError(f"tune: trials must be a positive integer, got {trials!r}")
     if max_trials_per_task is not None and max_trials_per_task < 1:
         raise SqccError(f"tune: max_trials_per_task must be positive, got {max_trials_per_task}")
+    target = _with_cores(target)
+    db = open_database(records_path, target, create=True)
+    lowered = lower_to_tir(mod, target)
+    with interrupts.handling(), _light_intrinsics(target):
+        try:
+            plan = _tuning_plan(ms.relax_integration.extract_tasks(lowered, target), db, task_names)
+            left = max(0, trials - sum(have for _, have, _ in plan))
+            if builder is None:
+                builder = ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1, initializer=_worker_init)
+            if runner is None:
+                runner = ms.runner.LocalRunner(initializer=_worker_init)
+            left = _commit_defaults(plan, db, target, builder, runner, left)
+            budgets = allocate_trials(plan, left, max_trials_per_task, num_trials_per_iter)
+            work_dir = str(database_paths(records_path)[0].parent / "ms_logs")
+            with _Progress(plan, budgets, enabled=progress) as bar:
+                for i, (task, _, _) in enumerate(plan):
+                    interrupts.check()
+                    if budgets[i] <= 0:
+                        bar.skip(i)
+                        continue
+                    bar.start(i, budgets[i])
+                    ms.tune.tune_tasks(
+                        tasks=[ms.TuneContext(mod=task.dispatched[0], target=target,
+                                              space_generator="post-order-apply",
+                                              search_strategy=search_strategy, task_name=task.task_name,
+                                              rand_state=-1 if seed is None else seed + i,
+                                              num_threads=os.cpu_count() or 1).clone()],
+                        task_weights=[1.0], work_dir=work_dir,
+                        max_trials_global=budgets[i], max_trials_per_task=budgets[i],
+                        num_trials_per_iter=min(num_trials_per_iter, budgets[i]),
+                        builder=builder, runner=runner, database=db,
+                        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                           _progress_callback(bar, i)],
+                        cost_model=cost_model)
+                    bar.finish(i, *_count_records(db, task.dispatched[0]))
+        except Exception:
+            interrupts.check()  # an interrupt TVM's FFI turned into an error is still an interrupt
+            raise
+    return str(records_path)
+
+
+def _worker_init() -> None:
+    """Initializer of MetaSchedule's builder and runner worker processes."""
+    interrupts.die_with_parent()
+    light_tensor_intrin()
+
+
+def _with_cores(target) -> tvm.target.Target:
+    """The target, with ``num-cores`` set for a CPU (MetaSchedule's thread count for candidates)."""
+    from sqcc.build import as_target
+
     target = as_target(target)
     if target.kind.name == "llvm" and not target.attrs.get("num-cores"):
         cfg = dict(target.export())
         cfg["num-cores"] = os.cpu_count() or 1
         target = tvm.target.Target(cfg)
-    db = open_database(records_path, target, create=True)
-    lowered = lower_to_tir(mod, target)
+    return target
 
-    with _light_intrinsics(target):
-        tasks = ms.relax_integration.extract_tasks(lowered, target)
-        if task_names:
-            tasks = [t for t in tasks if any(n in t.task_name for n in task_names)]
-        tasks = [t for t in tasks if not t.dispatched[0].attrs.get("tirx.is_scheduled", False)]
-        if not tasks:
-            raise SqccError("tune: no kernels to tune" + (f" matching {task_names}" if task_names
-                                                           else ""))
-        tasks.sort(key=_task_cost, reverse=True)
-        plan = []
-        for t in tasks:
-            have, best = _count_records(db, t.dispatched[0])
-            plan.append([t, have, best])
-        left = max(0, trials - sum(have for _, have, _ in plan))
-        work_dir = str(database_paths(records_path)[0].parent / "ms_logs")
-        if builder is None:
-            builder = ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1,
-                                              initializer=light_tensor_intrin)
-        if runner is None:
-            runner = ms.runner.LocalRunner(initializer=light_tensor_intrin)
 
-        # Baseline: sqcc's default schedule of each task, measured like any candidate and stored
-        # first, so the database's best is never worse than an untuned sqcc build.
-        for entry in plan:
-            if entry[1] == 0 and left > 0:
-                if _commit_default(db, entry[0], target, builder, runner):
-                    entry[1] = 1
-                    entry[2] = _count_records(db, entry[0].dispatched[0])[1]
-                    left -= 1
-        budgets = allocate_trials(plan, left, max_trials_per_task, num_trials_per_iter)
-        bar = _Progress(plan, budgets, enabled=progress)
-        with bar:
-            for i, (task, have, best) in enumerate(plan):
-                budget = budgets[i]
-                if budget <= 0:
-                    bar.skip(i)
-                    continue
-                bar.start(i, budget)
-                ctx = ms.TuneContext(mod=task.dispatched[0], target=target,
-                                     space_generator="post-order-apply",
-                                     search_strategy=search_strategy, task_name=task.task_name,
-                                     rand_state=-1 if seed is None else seed + i,
-                                     num_threads=os.cpu_count() or 1).clone()
-                callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
-                callbacks.append(_progress_callback(bar, i))
-                ms.tune.tune_tasks(
-                    tasks=[ctx], task_weights=[1.0], work_dir=work_dir,
-                    max_trials_global=budget, max_trials_per_task=budget,
-                    num_trials_per_iter=min(num_trials_per_iter, budget),
-                    builder=builder, runner=runner, database=db,
-                    measure_callbacks=callbacks, cost_model=cost_model)
-                bar.finish(i, *_count_records(db, task.dispatched[0]))
-    return str(records_path)
+def _tuning_plan(tasks, db, task_names) -> list[list]:
+    """[task, records it has, best seconds] for each kernel still to schedule, costliest first."""
+    if task_names:
+        tasks = [t for t in tasks if any(n in t.task_name for n in task_names)]
+    tasks = [t for t in tasks if not t.dispatched[0].attrs.get("tirx.is_scheduled", False)]
+    if not tasks:
+        raise SqccError("tune: no kernels to tune" + (f" matching {task_names}" if task_names else ""))
+    tasks.sort(key=_task_cost, reverse=True)
+    return [[t, *_count_records(db, t.dispatched[0])] for t in tasks]
+
+
+def _commit_defaults(plan, db, target, builder, runner, left: int) -> int:
+    """Baseline: sqcc's default schedule of each untuned task, measured like any candidate and
+    stored first, so the database's best is never worse than an untuned sqcc build. Returns the
+    trials left."""
+    for entry in plan:
+        if entry[1] == 0 and left > 0 and _commit_default(db, entry[0], target, builder, runner):
+            entry[1] = 1
+            entry[2] = _count_records(db, entry[0].dispatched[0])[1]
+            left -= 1
+    return left
 
 
 def allocate_trials(plan, left: int, cap: int | None = None, step: int = 16) -> list[int]:
@@ -395,6 +418,7 @@ def _commit_default(db, task, target, builder, runner) -> bool:
             args_info=args))
         return True
     except Exception as err:  # noqa: BLE001 -- the baseline is an optimisation, never fatal
+        interrupts.check()
         log.warning("could not measure the default schedule of %s: %s", task.task_name, err)
         return False
 
@@ -469,6 +493,7 @@ def _progress_callback(bar: _Progress, i: int):
     class _Cb(PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
                   runner_results):
+            interrupts.check()  # raised into the task scheduler, it ends tune_tasks
             best = None
             for r in runner_results:
                 if r.run_secs is not None and r.error_msg is None:
@@ -543,16 +568,12 @@ def revalidate(mod: tvm.IRModule, target, records_path: str, top_k: int = 4, rou
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    from sqcc.build import as_target, lower_to_tir
+    from sqcc.build import lower_to_tir
 
     from .apply import default_schedule
     from .cpu import cpu_info
 
-    target = as_target(target)
-    if target.kind.name == "llvm" and not target.attrs.get("num-cores"):
-        cfg = dict(target.export())
-        cfg["num-cores"] = os.cpu_count() or 1
-        target = tvm.target.Target(cfg)
+    target = _with_cores(target)
     db = open_database(records_path, target)
     lowered = lower_to_tir(mod, target)
     dev = tvm.cpu()

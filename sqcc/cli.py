@@ -118,19 +118,18 @@ def cmd_inspect(args):
 # ---------------------------------------------------------------------------------------- compile
 
 def cmd_compile(args):
-    from . import api
+    from . import api, outputs
     from .fidelity import format_fidelity
 
     from .errors import SqccError
 
     say = _say(args)
     micro = (args.target or "").startswith("micro")
-    out = Path(args.output or (f"{Path(str(args.model)).stem}_{args.target.split(':')[-1]}" if micro
-                               else f"{Path(str(args.model)).stem}.tar"))
-    if not micro and out.exists() and out.is_dir():
-        raise SqccError(f"-o {out}: is a directory; give a .tar file name")
-    if micro and out.exists() and not out.is_dir():
-        raise SqccError(f"-o {out}: exists and is not a directory (a micro build is a directory)")
+    out = args.output if args.output is not None else (
+        f"{Path(str(args.model)).stem}_{args.target.split(':')[-1]}" if micro else f"{Path(str(args.model)).stem}.tar")
+    out = outputs.check_writable(out, "-o", "directory" if micro else "file")
+    if args.dump_ir:
+        outputs.check_writable(args.dump_ir, "--dump-ir", "directory")
     budget = None
     if args.budget:  # the one budget parser, before any work
         from .planning.spec import parse_budget
@@ -238,10 +237,13 @@ def _read_tensor(path, spec):
 def cmd_run(args):
     import numpy as np
 
+    from . import outputs
     from .errors import SqccError
     from .package import load_any
     from .preprocess import imagenet_classes, load_image
 
+    if args.output:
+        outputs.check_writable(args.output, "--output")
     pkg = load_any(args.package)
     spec = pkg.inputs[0]
     if args.image and args.input:
@@ -267,10 +269,7 @@ def cmd_run(args):
     dt = (time.perf_counter() - t0) * 1e3
     outs = out if isinstance(out, list) else [out]
     if args.output:
-        if len(outs) > 1 and str(args.output).endswith(".npz"):
-            np.savez(args.output, **{o.name: np.asarray(v) for o, v in zip(pkg.outputs, outs)})
-        else:
-            np.save(args.output, outs[0])
+        _save_outputs(args.output, pkg.outputs, outs)
     logits = np.asarray(outs[0]).reshape(-1)
     pre = pkg.preprocess
     offset = pre.class_offset if pre else 0
@@ -315,6 +314,19 @@ def cmd_run(args):
         label = names[cls] if names and 0 <= cls < len(names) else ("background" if cls < 0 else "")
         print(f"{rank}. class {cls:4d}  score {float(logits[i]):9.4f}  {label}")
     return 0
+
+
+def _save_outputs(path, specs, outs) -> None:
+    """``.npz``: every output by name; otherwise the first output as ``.npy``. Written atomically."""
+    import numpy as np
+
+    from .outputs import atomic_write
+
+    if str(path).endswith(".npz"):
+        atomic_write(path, lambda f: np.savez(f, **{o.name: np.asarray(v) for o, v in zip(specs, outs)}),
+                     "--output")
+    else:
+        atomic_write(path, lambda f: np.save(f, np.asarray(outs[0])), "--output")
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -386,7 +398,7 @@ def cmd_farm(args):
 
 
 def cmd_tune(args):
-    from . import frontend
+    from . import frontend, outputs
     from .errors import SqccError
     from .schedules.tuning import tune
     from .targets import default_records, resolve
@@ -397,6 +409,7 @@ def cmd_tune(args):
     if args.trials < 1:
         raise SqccError(f"--trials {args.trials}: must be at least 1")
     records = args.records or default_records(spec)
+    outputs.check_writable(records, "--records")
     m = frontend.load(args.model, args.input_shape)
     mod = m.mod
     if args.passes:
@@ -429,10 +442,17 @@ def cmd_tune(args):
 
 
 def cmd_sweep(args):
-    from . import planning
+    from . import outputs, planning
+    from .errors import SqccError
 
     say = _say(args)
-    budgets = [float(b) for b in args.budgets.split(",")]
+    try:
+        budgets = [float(b) for b in args.budgets.split(",")]
+    except ValueError:
+        raise SqccError(f"--budgets {args.budgets}: expected fractions separated by commas, e.g. 0.9,0.7,0.5") from None
+    for flag, path in (("--plot", args.plot), ("--json", args.json)):
+        if path:
+            outputs.check_writable(path, flag)
     rows = planning.sweep(args.model, budgets, calibration_inputs=args.calibration,
                           eval_images=args.eval_images, plot=args.plot, progress=say,
                           calibration_limit=args.calibration_limit, calibration_views=args.calibration_views,
@@ -594,32 +614,39 @@ def main(argv=None):
         return EXIT_USER
     if getattr(args, "threads", None):
         os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    from .errors import SqccError
+    from . import interrupts
+    from .errors import SqccError, one_line
 
     try:
-        return args.func(args) or 0
+        with interrupts.handling():
+            try:
+                return args.func(args) or 0
+            except Exception:
+                interrupts.check()  # an interrupt TVM's FFI turned into an error is still one
+                raise
     except SqccError as e:
         print(f"sqcc: error: {e}", file=sys.stderr)
-        if args.verbose:
-            import traceback
-
-            traceback.print_exception(e)
+        _print_cause(args, e)
         return EXIT_USER
     except KeyboardInterrupt:
+        interrupts.end_children()  # MetaSchedule's measuring workers, a qemu, an RPC server
         print("sqcc: interrupted", file=sys.stderr)
-        return 130
+        return 128 + interrupts.signal_number()
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug in sqcc: still one line unless -v
-        msg = str(e).strip().splitlines()
-        print(f"sqcc: internal error: {type(e).__name__}: {msg[-1] if msg else ''} (run with -v for details)",
-              file=sys.stderr)
-        if args.verbose:
-            import traceback
-
-            traceback.print_exception(e)
+        why = one_line(e)
+        why = why if why == type(e).__name__ else f"{type(e).__name__}: {why}"
+        print(f"sqcc: internal error: {why} (run with -v for details)", file=sys.stderr)
+        _print_cause(args, e)
         return 1
 
+
+def _print_cause(args, e: BaseException) -> None:
+    if args.verbose:
+        import traceback
+
+        traceback.print_exception(e)
 
 if __name__ == "__main__":
     sys.exit(main())

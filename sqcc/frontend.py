@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SqccError, UnsupportedOpsError, one_line
+from .errors import SqccError, UnsupportedOpsError, one_line, quiet_when_refused, release_frames
 from .models import ModelEntry, Preprocess, resolve
 
 TFLITE_MAGIC = b"TFL3"
@@ -107,7 +107,56 @@ def load(model, input_shapes: dict | str | None = None, name: str | None = None)
     m.name = label
     m.path = str(path) if path else None
     m.preprocess = entry.preprocess if entry else None
+    check_tensor_sizes(m, shown)
     return m
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"
+
+
+def _tensor_sizes(mod):
+    """(bytes, name, shape, dtype) of every statically shaped tensor main's parameters and bindings
+    hold (tuple results element by element)."""
+    from tvm import relax
+
+    def walk(name, ty):
+        if isinstance(ty, relax.TupleType):
+            for k, f in enumerate(ty.fields):
+                yield from walk(f"{name}[{k}]", f)
+        elif isinstance(ty, relax.TensorType) and ty.shape is not None and ty.dtype:
+            try:
+                dims = tuple(int(d) for d in ty.shape)
+            except (TypeError, ValueError):  # a symbolic dim: sized at run time, not here
+                return
+            dtype = str(ty.dtype)
+            yield int(np.prod(dims, dtype=object)) * np.dtype(dtype).itemsize, name, dims, dtype
+
+    func = mod["main"]
+    for v in func.params:
+        yield from walk(v.name, v.ty)
+    for block in getattr(func.body, "blocks", []):
+        for b in block.bindings:
+            yield from walk(b.var.name, b.var.ty)
+
+
+def check_tensor_sizes(m: Model, shown: str, memory: int | None = None) -> None:
+    """Refuse a model one of whose tensors cannot fit in this machine's memory, before anything
+    plans, lowers or schedules for shapes that large (loops over 2^31 tiles take hours): every
+    compile runs the model here, in its reference runtime, to check it."""
+    import psutil
+
+    memory = memory or psutil.virtual_memory().total
+    largest = max(_tensor_sizes(m.mod), default=None)
+    if largest is not None and largest[0] > memory:
+        nbytes, name, shape, dtype = largest
+        given = ", ".join(f"'{t.name}' {tuple(t.shape)}" for t in m.inputs)
+        raise SqccError(f"{shown}: tensor '{name}' of shape {shape} ({dtype}) needs {_fmt_bytes(nbytes)}, this "
+                        f"machine has {_fmt_bytes(memory)} of memory (input shapes: {given})")
 
 
 # ----------------------------------------------------------------------------------------------- ONNX
@@ -180,18 +229,8 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     if bad:
         raise UnsupportedOpsError(shown, bad)
 
-    try:
-        mod = onnx_frontend.from_onnx(proto, shape_dict, dtype_dict, keep_params_in_input=False)
-    except Exception as e:
-        at = _failing_onnx_node(e)
-        folded, _ = canonicalize_onnx(_fold_shapes_with_onnxruntime(proto, shape_dict))
-        try:  # shape arithmetic (Shape → Concat → Reshape) TVM cannot follow, folded by onnxruntime
-            mod = onnx_frontend.from_onnx(folded, shape_dict, dtype_dict, keep_params_in_input=False)
-        except Exception:  # noqa: BLE001 -- the first error is the one that names the user's node
-            raise SqccError(f"{shown}: TVM's ONNX importer failed{at}: {one_line(e)}") from e
-        proto = folded
-        notes.append(f"import: TVM's importer failed{at}; imported the graph onnxruntime "
-                     f"constant-folds at the input shapes ({one_line(e)[:100]})")
+    with quiet_when_refused():
+        mod, proto = _import_onnx(proto, shape_dict, dtype_dict, shown, notes)
 
     from .layers import name_layers
 
@@ -199,6 +238,27 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     outputs = _relax_outputs(mod, [o.name for o in proto.graph.output])
     return Model(mod=mod, inputs=inputs, outputs=outputs, format="onnx", source=data, name=shown,
                  notes=notes)
+
+
+def _import_onnx(proto, shape_dict, dtype_dict, shown, notes):
+    """(Relax module, the ONNX graph it came from): TVM's importer, and once more on the graph
+    onnxruntime constant-folds where the first attempt fails."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    try:
+        return onnx_frontend.from_onnx(proto, shape_dict, dtype_dict, keep_params_in_input=False), proto
+    except Exception as e:
+        at = _failing_onnx_node(e)
+        folded, _ = canonicalize_onnx(_fold_shapes_with_onnxruntime(proto, shape_dict))
+        try:  # shape arithmetic (Shape → Concat → Reshape) TVM cannot follow, folded by onnxruntime
+            mod = onnx_frontend.from_onnx(folded, shape_dict, dtype_dict, keep_params_in_input=False)
+        except Exception as e2:  # noqa: BLE001 -- the first error is the one that names the user's node
+            release_frames(e2)
+            release_frames(e)
+            raise SqccError(f"{shown}: TVM's ONNX importer failed{at}: {one_line(e)}") from e
+        notes.append(f"import: TVM's importer failed{at}; imported the graph onnxruntime "
+                     f"constant-folds at the input shapes ({one_line(e)[:100]})")
+        return mod, folded
 
 
 def canonicalize_onnx(proto):

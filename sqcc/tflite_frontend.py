@@ -27,7 +27,7 @@ import struct
 
 import numpy as np
 
-from .errors import SqccError, UnsupportedOpsError
+from .errors import SqccError, UnsupportedOpsError, one_line, quiet_when_refused, release_frames
 
 _TFLITE_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool",
                   7: "int16", 9: "int8", 10: "float64", 12: "uint64", 15: "uint32", 16: "uint16"}
@@ -444,6 +444,36 @@ def unsupported_ops(model) -> list[tuple[str, str]]:
     return bad
 
 
+def _import_tflite(model, shape_dict, dtype_dict, shown):
+    """TVM's TFLite importer; a failure names the operator it was converting."""
+    from tvm.relax.frontend.tflite import from_tflite
+
+    state = {}
+
+    class _Tracked(_converter_class()):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            state["stack"] = self.conversion_state["sqcc_stack"]
+
+    try:
+        return from_tflite(model, shape_dict, dtype_dict, op_converter=_Tracked)
+    except SqccError:
+        raise
+    except Exception as e:
+        where = ""
+        stack = state.get("stack") or []
+        if stack:
+            sub, op, key = stack[-1]
+            idx = next((k for k in range(sub.OperatorsLength())
+                        if sub.Operators(k)._tab.Pos == op._tab.Pos), None)
+            out = _tensor_name(sub, op.Outputs(0)) if op is not None and op.OutputsLength() else "?"
+            where = f" at operator #{idx} {key} (output '{_one_line(out, 80)}')"
+        state.clear()
+        release_frames(e)
+        raise SqccError(f"{shown}: TVM's TFLite importer failed{where}: {type(e).__name__}: "
+                        f"{_one_line(one_line(e))}") from e
+
+
 def load_tflite(data: bytes, shown: str, input_shapes: dict):
     """Import a TFLite flatbuffer into a :class:`sqcc.frontend.Model` (see the module docstring)."""
     from .frontend import Model, _relax_outputs
@@ -472,33 +502,8 @@ def load_tflite(data: bytes, shown: str, input_shapes: dict):
     if bad:
         raise UnsupportedOpsError(shown, bad)
 
-    from tvm.relax.frontend.tflite import from_tflite
-
-    conv_cls = _converter_class()
-    state = {}
-
-    class _Tracked(conv_cls):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            state["stack"] = self.conversion_state["sqcc_stack"]
-
-    try:
-        mod = from_tflite(model, shape_dict, dtype_dict, op_converter=_Tracked)
-    except SqccError:
-        raise
-    except Exception as e:
-        msg = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        why = msg[-1] if msg else type(e).__name__
-        where = ""
-        stack = state.get("stack") or []
-        if stack:
-            sub, op, key = stack[-1]
-            idx = next((k for k in range(sub.OperatorsLength())
-                        if sub.Operators(k)._tab.Pos == op._tab.Pos), None)
-            out = _tensor_name(sub, op.Outputs(0)) if op is not None and op.OutputsLength() else "?"
-            where = f" at operator #{idx} {key} (output '{_one_line(out, 80)}')"
-        raise SqccError(f"{shown}: TVM's TFLite importer failed{where}: {type(e).__name__}: "
-                        f"{_one_line(why)}") from e
+    with quiet_when_refused():
+        mod = _import_tflite(model, shape_dict, dtype_dict, shown)
 
     mod = _finish_module(mod, len(specs))
     names = _op_names()

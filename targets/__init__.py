@@ -122,7 +122,11 @@ def all_targets() -> list[TargetSpec]:
 
 def resolve(name: str) -> TargetSpec:
     """``"host"`` / ``"arm_cpu:rpi4"`` → :class:`TargetSpec`, or a SqccError listing what exists."""
-    family, _, preset = (name or "host").partition(":")
+    if name is None:
+        name = "host"
+    if not isinstance(name, str) or not name.strip():
+        raise SqccError(f"--target {name!r}: empty (known: {', '.join(sorted(FAMILIES))})")
+    family, _, preset = name.partition(":")
     if family in ("llvm", "cpu", "x86"):
         family = "host"
     if family not in FAMILIES:

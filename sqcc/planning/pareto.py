@@ -211,4 +211,6 @@ def format_rows(rows) -> str:
 
 def save_rows(rows, path):
     """The sweep's rows as JSON (what ``plan_ablation.py`` reads back)."""
-    Path(path).write_text(json.dumps(rows, indent=1))
+    from ..outputs import atomic_write
+
+    atomic_write(path, lambda f: f.write(json.dumps(rows, indent=1).encode()), "--json")

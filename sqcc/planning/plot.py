@@ -37,7 +37,8 @@ def plot_pareto(rows, path, metric="macs"):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from ..outputs import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format=Path(path).suffix.lstrip(".") or "png"), "--plot")
     plt.close(fig)
     return path

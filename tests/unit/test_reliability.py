@@ -1,0 +1,169 @@
+"""What a hostile or unlucky user hits before any real work: shapes too large to hold, output paths
+that cannot be written, an empty --target, an importer's noise after its error, a Ctrl-C. Small
+in-memory graphs and plain files only."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from sqcc import frontend, interrupts, outputs
+from sqcc.errors import SqccError, quiet_when_refused
+from sqcc.schedules.common import divisors
+from sqcc.targets import resolve
+
+
+def _conv_model(batch: int) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 64, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 64, 64])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+# ------------------------------------------------------------------ shapes that cannot fit
+
+def test_a_batch_of_2_to_the_31_is_refused_at_import_with_the_numbers():
+    t0 = time.monotonic()
+    with pytest.raises(SqccError, match=r"tensor '.*' of shape \(2147483648, 4, 64, 64\) \(float32\) needs "
+                                        r"128\.0 TiB, this machine has .* of memory .*'x' \(2147483648, 3, 64, 64\)"):
+        frontend.load(_conv_model(2 ** 31))
+    assert time.monotonic() - t0 < 20  # refused, not lowered
+
+
+def test_size_limit_is_the_largest_tensor_against_memory():
+    m = frontend.load(_conv_model(1))  # largest tensor: y, 4*64*64 floats = 64 KiB
+    frontend.check_tensor_sizes(m, "m", memory=64 * 1024)
+    with pytest.raises(SqccError, match=r"needs 64\.0 KiB, this machine has 63\.0 KiB"):
+        frontend.check_tensor_sizes(m, "m", memory=63 * 1024)
+
+
+def test_divisors_of_huge_extents_are_quick_and_exact():
+    for n in (1, 2, 12, 36, 97, 360, 1024):
+        assert divisors(n) == [d for d in range(1, n + 1) if n % d == 0]
+    t0 = time.monotonic()
+    assert len(divisors(2 ** 31)) == 32 and divisors(2 ** 31 - 1) == [1, 2 ** 31 - 1]
+    assert time.monotonic() - t0 < 1
+
+
+# ------------------------------------------------------------------ output paths
+
+def test_output_under_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SqccError, match=r"^-o .*/f/o\.tar: .*/f is not a directory$"):
+        outputs.check_writable(tmp_path / "f" / "o.tar", "-o")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="Linux /proc")
+def test_output_where_no_file_can_be_created_is_refused():
+    with pytest.raises(SqccError, match=r"^-o /proc/x\.tar: cannot write in /proc \("):
+        outputs.check_writable("/proc/x.tar", "-o")
+
+
+def test_output_kinds_and_empty_path(tmp_path):
+    with pytest.raises(SqccError, match="is a directory; give a file name"):
+        outputs.check_writable(tmp_path, "-o")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SqccError, match="exists and is not a directory"):
+        outputs.check_writable(tmp_path / "f", "-o", "directory")
+    with pytest.raises(SqccError, match="^--output: empty path$"):
+        outputs.check_writable("", "--output")
+
+
+def test_missing_directories_are_checked_but_made_only_when_written(tmp_path, capfd):
+    out = tmp_path / "new" / "deeper" / "o.npy"
+    outputs.check_writable(out, "--output")
+    assert not (tmp_path / "new").exists()  # a run that fails later leaves nothing behind
+    outputs.atomic_write(out, lambda f: f.write(b"data"), "--output")
+    assert out.read_bytes() == b"data"
+    assert f"sqcc: created directory {out.parent}" in capfd.readouterr().err
+    assert [p.name for p in out.parent.iterdir()] == ["o.npy"]  # no temp file left
+
+
+def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    out = tmp_path / "o.bin"
+    out.write_bytes(b"old")
+
+    def broken(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(SqccError, match=r"o\.bin: cannot write \(No space left on device\)"):
+        outputs.atomic_write(out, broken, "-o")
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["o.bin"]
+
+
+# ------------------------------------------------------------------ targets, importer noise
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_empty_target_is_refused(name):
+    with pytest.raises(SqccError, match=r"--target '\s*': empty \(known: .*host"):
+        resolve(name)
+    assert resolve(None).family == "host"  # the API's default
+
+
+def test_importer_noise_is_dropped_when_sqcc_reports_the_error(capfd):
+    with pytest.raises(SqccError):
+        with quiet_when_refused():
+            os.write(2, b"[12:00:00] block_builder.cc:67: Warning: BlockBuilder destroyed with remaining blocks!\n")
+            print("Error converting operator Slice, with inputs: [x]")
+            raise SqccError("m.onnx: TVM's ONNX importer failed at node 'n' (Slice): ...")
+    got = capfd.readouterr()
+    assert got.out == "" and got.err == ""
+    with quiet_when_refused():
+        os.write(2, b"kept on success\n")
+    assert capfd.readouterr().err == "kept on success\n"
+
+
+def test_a_failed_import_says_one_thing():
+    """onnx's own test model that TVM's ONNX importer rejects: the error, and nothing else -- no
+    importer prints, no "BlockBuilder destroyed with remaining blocks!" at exit."""
+    model = Path(onnx.__file__).parent / "backend/test/data/pytorch-operator/test_operator_index/model.onnx"
+    code = ("import sys\nfrom sqcc import frontend\nfrom sqcc.errors import SqccError\n"
+            "try:\n    frontend.load(sys.argv[1])\nexcept SqccError as e:\n    print('ERR', e)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=120)
+    assert p.stdout.startswith("ERR ") and "importer failed at node" in p.stdout, p.stdout
+    assert p.stdout.count("\n") == 1, p.stdout
+    assert p.stderr == "", p.stderr
+
+
+# ------------------------------------------------------------------ interrupts
+
+def test_an_interrupt_is_recorded_and_reraised_where_tvm_ate_it():
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.handling():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                pass  # what TVM's FFI does: the interrupt becomes something else, or nothing
+            assert interrupts.requested()
+            interrupts.check()
+    assert interrupts.signal_number() == signal.SIGINT
+    with interrupts.handling():
+        assert not interrupts.requested()  # a new job starts afresh
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_end_children_ends_every_descendant():
+    import psutil
+
+    p = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                          "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 20
+        while not psutil.Process(p.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kids = [k.pid for k in psutil.Process(p.pid).children(recursive=True)]
+        assert kids
+        assert interrupts.end_children(of=p.pid) == kids
+        assert not [k for k in kids if psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
+    finally:
+        p.kill()
+        p.wait(timeout=10)
