@@ -3,6 +3,7 @@ one line on stderr, exit code 2, no traceback, nothing half-written."""
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import onnx
 import pytest
@@ -154,6 +155,56 @@ def test_error_bad_input_shape():
 def test_error_unknown_target(tmp_path):
     assert_one_line_error(run_cli("compile", "squeezenet1.1", "--target", "tpu", "-o", tmp_path / "o.tar"),
                           r"--target tpu: unknown target")
+
+
+def test_error_empty_target(tmp_path):
+    assert_one_line_error(run_cli("compile", "mnist-8", "--target", "", "-o", tmp_path / "o.tar"),
+                          r"--target '': empty \(known: arm_cpu, cuda, host, micro\)")
+    assert not (tmp_path / "o.tar").exists()
+
+
+@pytest.mark.parametrize("out, why", [("/etc/passwd/o.tar", r"-o /etc/passwd/o.tar: /etc/passwd is not a directory"),
+                                      ("/proc/x.tar", r"-o /proc/x.tar: cannot write in /proc \("),
+                                      ("", r"-o: empty path")])
+def test_error_output_path_before_any_work(out, why):
+    p = run_cli("compile", "squeezenet1.1", "-o", out)
+    assert_one_line_error(p, why)
+    assert "importing" not in p.stderr  # refused before the model was even read
+
+
+def test_output_into_new_directories_is_created_and_said(sq_tar, tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 224, 224), np.float32))
+    p = run_cli("run", sq_tar, "--input", tmp_path / "x.npy", "--output", "nodir/x/out.npy", cwd=tmp_path, check=0)
+    assert "sqcc: created directory nodir/x" in p.stderr
+    assert np.load(tmp_path / "nodir/x/out.npy").shape == (1, 1000)
+    assert_one_line_error(run_cli("run", sq_tar, "--input", tmp_path / "x.npy", "--output", "/proc/y/out.npy"),
+                          r"--output /proc/y/out.npy: cannot write in /proc")
+
+
+def test_error_huge_input_dimension_is_refused_not_built(tmp_path):
+    """SqueezeNet with its batch set to 2^31: refused at import with the numbers (it used to build
+    for minutes)."""
+    import sqcc.models
+
+    m = onnx.load(Path(sqcc.models.__file__).parent / "squeezenet1.1.onnx")
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2 ** 31
+    onnx.save(m, tmp_path / "huge.onnx")
+    p = run_cli("compile", tmp_path / "huge.onnx", "-o", tmp_path / "h.tar", timeout=120)
+    assert_one_line_error(p, r"huge\.onnx: tensor '.*' of shape \(2147483648, 64, 111, 111\) \(float32\) "
+                             r"needs 6\.0 PiB, this machine has .* of memory "
+                             r"\(input shapes: 'data' \(2147483648, 3, 224, 224\)\)")
+    assert not (tmp_path / "h.tar").exists()
+
+
+def test_error_importer_failure_is_one_line():
+    """TVM's importer prints its own lines and, at exit, "BlockBuilder destroyed with remaining
+    blocks!": sqcc says what failed, once, and nothing else reaches the user."""
+    model = Path(onnx.__file__).parent / "backend/test/data/pytorch-operator/test_operator_index/model.onnx"
+    p = run_cli("compile", model, "-o", "/tmp/never.tar")
+    assert_one_line_error(p, r"TVM's ONNX importer failed at node \(unnamed, output '1'\) \(Slice\)")
+    assert p.stdout == ""
 
 
 def test_error_refine_without_budget(tmp_path):
