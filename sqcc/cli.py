@@ -95,6 +95,9 @@ def cmd_inspect(args):
         print(f"package {p}: model {m['model']['name']} ({m['model']['format']}, sha256 "
               f"{m['model']['sha256'][:12]}), target {m['target']['name']}, "
               f"passes: {', '.join(x['spec'] for x in m['passes']) or 'none'}")
+        if stage is None:
+            print("(the package has no report.json: no layer table)")
+            return 0
         print(layer_table(stage["layers"], stage["totals"]))
         return 0
     m = frontend.load(args.model, args.input_shape)

@@ -1,57 +1,51 @@
 """A compiled model as one file: ``pkg.export("sq.tar")`` / ``sqcc.load("sq.tar")``.
 
 The tar holds ``lib.so`` (the built Relax VM executable), ``manifest.json`` (what was compiled, for
-which target, with which passes; input/output specs; preprocessing; versions; sha256 of every member),
-``report.json`` and the source model (``model.onnx`` / ``model.tflite``, so fidelity and the
-onnxruntime comparison can be re-run from the package alone). It is written to a temporary file and
-renamed into place, and loading refuses links, absolute or ``..`` paths, unknown members and members
-whose hash does not match the manifest.
+which target, with which passes; input/output specs; preprocessing; versions; sha256 and byte size
+of every member), ``report.json`` and the source model (``model.onnx`` / ``model.tflite``, so
+fidelity and the onnxruntime comparison can be re-run from the package alone). It is written to a
+temporary file and renamed into place.
+
+Loading checks, in this order, before TVM sees any byte: the file is a non-empty, untruncated tar of
+regular files with known names (no links, sparse entries, paths or duplicates); ``manifest.json``
+(at most 16 MiB) is JSON of this format and version and matches :func:`manifest_schema` (every key
+the code reads, with its type; unknown keys are allowed, for packages of a newer sqcc); every member
+is listed, its tar size equals the manifest's ``member_bytes`` (packages without it: at most
+``MAX_MEMBER_BYTES``) and its sha256 matches, hashed while it streams (``lib.so`` straight into the
+temporary file TVM loads); ``report.json`` is a JSON object whose parts the CLI reads (layer tables,
+totals, size report) have the right shape. A micro build directory (:func:`load_micro`) gets the
+same manifest and report checks. Each failure is one :class:`SqccError` line naming the file, the
+field (``target.family``, ``inputs[0].shape[1]``) and what is wrong.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import lzma
 import os
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SqccError, one_line, quiet_vm_scope_warnings
+from .outputs import atomic_write, make_parent
 from .frontend import TensorSpec
 from .models import Preprocess
+from .package_schema import parse_json, parse_report, short, validate
 
 FORMAT = "sqcc-package"
 FORMAT_VERSION = 1
-MAX_MEMBER_BYTES = 2 << 30
+MAX_MEMBER_BYTES = 2 << 30  # any member; the only size check for packages without member_bytes
+MAX_JSON_BYTES = 16 << 20  # manifest.json, report.json: parsed in memory
+CHUNK = 1 << 20  # lib.so is hashed and copied this much at a time
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class Package:
@@ -186,6 +180,9 @@ class Package:
             members[src_name] = self.source
         manifest = dict(self.manifest)
         manifest["members"] = {k: _sha256(v) for k, v in members.items()}
+        # load() refuses a member of another size before reading any of it (no 1 GiB lib.so read
+        # into memory only to fail its hash).
+        manifest["member_bytes"] = {k: len(v) for k, v in members.items()}
         members["manifest.json"] = json.dumps(manifest, indent=1, default=_json_default).encode()
 
         def write(f):
@@ -225,87 +222,215 @@ def _to_numpy(res) -> list[np.ndarray]:
 
 
 ALLOWED = {"manifest.json", "lib.so", "report.json", "model.onnx", "model.tflite"}
+# What a damaged or foreign file raises while tarfile reads it (gz/bz2/xz streams included).
+_CORRUPT = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
-def read_members(path) -> dict[str, bytes]:
-    """The members of a package tar, checked: regular files with known names only."""
-    path = Path(path)
+# ----------------------------------------------------------------------------------- reading tars
+def _open_tar(path: Path) -> tarfile.TarFile:
     if not path.exists():
         raise SqccError(f"{path}: no such package")
     if path.is_dir():
         raise SqccError(f"{path}: is a directory, not a package tar")
+    if path.stat().st_size == 0:
+        raise SqccError(f"{path}: empty file, not an sqcc package")
+    if not os.access(path, os.R_OK):
+        raise SqccError(f"{path}: cannot read the package (permission denied)")
     try:
-        tar = tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise SqccError(f"{path}: not an sqcc package (not a tar file: {e})") from None
-    members = {}
-    with tar:
-        try:
-            for info in tar:
-                name = info.name
-                if (not info.isfile() or name.startswith("/") or ".." in Path(name).parts
-                        or "/" in name or name not in ALLOWED):
-                    raise SqccError(f"{path}: refusing package member '{name}' "
-                                    f"({'link' if info.issym() or info.islnk() else 'unexpected entry'}); "
-                                    "not an sqcc package or tampered with")
-                if info.size > MAX_MEMBER_BYTES:
-                    raise SqccError(f"{path}: member '{name}' is too large ({info.size} bytes)")
-                if name in members:
-                    raise SqccError(f"{path}: member '{name}' appears twice; tampered with")
-                members[name] = tar.extractfile(info).read()
-        except tarfile.TarError as e:
-            raise SqccError(f"{path}: corrupt package tar ({e})") from None
-    return members
+        return tarfile.open(path, mode="r:*")
+    except _CORRUPT:
+        pass
+    # "r:*" lists why each compression failed, over five lines; sqcc writes plain tars, so say why
+    # it is not one of those.
+    try:
+        tarfile.open(path, mode="r:").close()
+        why = "unreadable"
+    except _CORRUPT as e:
+        why = one_line(e)
+    if "truncated" in why:
+        raise SqccError(f"{path}: truncated package tar (the file ends inside the first header)")
+    raise SqccError(f"{path}: not an sqcc package (not a tar file: {why})")
 
 
-def load(path) -> Package:
-    """Load a package written by :meth:`Package.export` (checks format, hashes and target)."""
-    import tvm
+def _corrupt(path: Path, err: BaseException, member: str | None) -> SqccError:
+    why = one_line(err)
+    if isinstance(err, EOFError) or "unexpected end of data" in why:
+        where = f" inside member '{member}'" if member else ""
+        return SqccError(f"{path}: truncated package tar (the file ends{where}); copy or export it again")
+    return SqccError(f"{path}: corrupt package tar ({why})")
 
+
+def _check_entry(path: Path, info: tarfile.TarInfo, seen) -> None:
+    """Refuse what sqcc never writes: links, devices, directories, sparse files (a small tar that
+    expands to gigabytes), paths (``/``, ``..``), other names, a name twice."""
+    name = info.name
+    if info.issym() or info.islnk():
+        why = "link"
+    elif info.isfile() and info.issparse():
+        why = "sparse entry"
+    elif not info.isfile() or name not in ALLOWED:
+        why = "unexpected entry"
+    elif name in seen:
+        raise SqccError(f"{path}: member '{name}' appears twice; tampered with")
+    else:
+        return
+    raise SqccError(f"{path}: refusing package member {name!r} ({why}); not an sqcc package or tampered with")
+
+
+def _scan(path: Path, tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """Every entry's header, checked, before any data is read. A truncated member shows here too:
+    tarfile seeks past each member's data to reach the next header."""
+    infos, last = {}, None
+    try:
+        for info in tar:
+            _check_entry(path, info, infos)
+            infos[info.name] = last = info
+    except _CORRUPT as e:
+        raise _corrupt(path, e, last.name if last else None) from None
+    return infos
+
+
+def _cap(name: str) -> int:
+    return MAX_JSON_BYTES if name in ("manifest.json", "report.json") else MAX_MEMBER_BYTES
+
+
+def _check_cap(path: Path, info: tarfile.TarInfo) -> None:
+    if info.size > _cap(info.name):
+        raise SqccError(f"{path}: member '{info.name}' is too large ({info.size:,} bytes, at most "
+                        f"{_cap(info.name):,}); not an sqcc package or tampered with")
+
+
+def _read(path: Path, tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    """A member's bytes; its size was checked first (caps, the manifest's member_bytes)."""
+    try:
+        with tar.extractfile(info) as f:
+            data = f.read()
+    except _CORRUPT as e:
+        raise _corrupt(path, e, info.name) from None
+    if len(data) != info.size:
+        raise _corrupt(path, EOFError(), info.name)
+    return data
+
+
+def _chunks(path: Path, tar: tarfile.TarFile, info: tarfile.TarInfo):
+    """A member's data, CHUNK bytes at a time; a read error is the tar's fault (a write error where
+    the chunks go is not, and passes as itself)."""
+    try:
+        with tar.extractfile(info) as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+    except _CORRUPT as e:
+        raise _corrupt(path, e, info.name) from None
+
+
+def _stream(path: Path, tar: tarfile.TarFile, info: tarfile.TarInfo, out) -> str:
+    """Copy a member into ``out``, hashing as it goes; its sha256 (the member is never all in memory)."""
+    h = hashlib.sha256()
+    for chunk in _chunks(path, tar, info):
+        h.update(chunk)
+        out.write(chunk)
+    return h.hexdigest()
+
+
+def _check_hash(path: Path, name: str, got: str, manifest: dict) -> None:
+    if got != manifest["members"][name]:
+        raise SqccError(f"{path}: member '{name}' does not match the manifest's sha256; tampered with or corrupt")
+
+
+def read_members(path) -> dict[str, bytes]:
+    """Every member of a package tar in memory, after the checks on its entries (regular files with
+    known names, each under its size cap), for tools and tests. :func:`load` does not use it: it
+    checks sizes against the manifest first and streams ``lib.so``."""
     path = Path(path)
-    members = read_members(path)
-    if "manifest.json" not in members:
-        raise SqccError(f"{path}: not an sqcc package (no manifest.json)")
-    try:
-        manifest = json.loads(members["manifest.json"])
-    except ValueError:
-        raise SqccError(f"{path}: manifest.json is not valid JSON; tampered with or corrupt") from None
+    with _open_tar(path) as tar:
+        infos = _scan(path, tar)
+        for info in infos.values():
+            _check_cap(path, info)
+        return {name: _read(path, tar, info) for name, info in infos.items()}
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _check_manifest(where: str, manifest, kind: str) -> None:
+    what = "package" if kind == "package" else "micro build"
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise SqccError(f"{path}: not an sqcc package (manifest format is not '{FORMAT}')")
+        raise SqccError(f"{where}: not an sqcc {what} (manifest format is not '{FORMAT}')")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise SqccError(f"{path}: package format version {manifest.get('format_version')} is not supported "
-                        f"(this sqcc reads version {FORMAT_VERSION})")
-    hashes = manifest.get("members") or {}
-    for name, data in members.items():
+        raise SqccError(f"{where}: {what} format version {short(manifest.get('format_version'))} is not "
+                        f"supported (this sqcc reads version {FORMAT_VERSION})")
+    validate(f"{where}: manifest.json", manifest, kind)
+
+
+def _read_manifest(path: Path, tar: tarfile.TarFile, infos: dict) -> dict:
+    info = infos.get("manifest.json")
+    if info is None:
+        raise SqccError(f"{path}: not an sqcc package (no manifest.json)")
+    _check_cap(path, info)
+    manifest = parse_json(f"{path}: manifest.json", _read(path, tar, info))
+    _check_manifest(str(path), manifest, "package")
+    return manifest
+
+
+def _check_listing(path: Path, manifest: dict, infos: dict) -> None:
+    """Every member listed, every listed one present, each of the size the manifest says (under the
+    caps) -- all from the headers, before any member's data is read."""
+    hashes, sizes = manifest["members"], manifest.get("member_bytes")
+    for name in hashes:
+        if name not in infos:
+            raise SqccError(f"{path}: member '{name}' listed in the manifest is missing; truncated or "
+                            "tampered with")
+    if "lib.so" not in infos:
+        raise SqccError(f"{path}: package has no compiled library")
+    for name, info in infos.items():
         if name == "manifest.json":
             continue
-        if hashes.get(name) != _sha256(data):
-            raise SqccError(f"{path}: member '{name}' does not match the manifest's sha256; tampered with or corrupt")
-    for name in hashes:
-        if name not in members:
-            raise SqccError(f"{path}: member '{name}' listed in the manifest is missing")
-    if "lib.so" not in members:
-        raise SqccError(f"{path}: package has no compiled library")
-    report = json.loads(members.get("report.json", b"{}"))
-    source = members.get(f"model.{manifest['model']['format']}")
-    executable = None
-    fam = manifest["target"]["family"]
-    if fam == "cuda":
+        if name not in hashes:
+            raise SqccError(f"{path}: member '{name}' is not listed in the manifest; tampered with")
+        if sizes is not None and sizes.get(name) != info.size:
+            said = f"{sizes[name]:,} bytes" if name in sizes else "nothing"
+            raise SqccError(f"{path}: member '{name}' is {info.size:,} bytes in the tar, the manifest "
+                            f"says {said}; tampered with or corrupt")
+        _check_cap(path, info)
+
+
+def _load_library(path: Path, lib: Path, family: str):
+    """The runtime module of ``lib``, or None where this host cannot run it (run() says why)."""
+    if family == "cuda":
         from .targets import cuda
 
         if not cuda.gpu_present():
-            executable = None  # runs only where a GPU is; run() says so
-            fam = "none"
-    if fam in ("host", "cuda"):
+            return None
+    if family not in ("host", "cuda"):
+        return None
+    import tvm
+
+    try:
+        with quiet_vm_scope_warnings():
+            return tvm.runtime.load_module(str(lib))
+    except Exception as e:
+        raise SqccError(f"{path}: cannot load the compiled library ({one_line(e)})") from e
+
+
+def load(path) -> Package:
+    """Load a package written by :meth:`Package.export`, checked as the module docstring says."""
+    path = Path(path)
+    with _open_tar(path) as tar:
+        infos = _scan(path, tar)
+        manifest = _read_manifest(path, tar, infos)
+        _check_listing(path, manifest, infos)
+        small = {}  # the report and the source model: needed in memory anyway
+        for name, info in infos.items():
+            if name not in ("manifest.json", "lib.so"):
+                small[name] = _read(path, tar, info)
+                _check_hash(path, name, _sha256(small[name]), manifest)
+        report = parse_report(f"{path}: report.json", small.get("report.json"))
         with tempfile.TemporaryDirectory() as d:
             lib = Path(d) / "lib.so"
-            lib.write_bytes(members["lib.so"])
-            try:
-                with quiet_vm_scope_warnings():
-                    executable = tvm.runtime.load_module(str(lib))
-            except Exception as e:
-                raise SqccError(f"{path}: cannot load the compiled library ({one_line(e)})") from e
-    pkg = Package(executable, manifest, report, source=source, lib_bytes=members["lib.so"])
+            with open(lib, "wb") as f:
+                _check_hash(path, "lib.so", _stream(path, tar, infos["lib.so"], f), manifest)
+            executable = _load_library(path, lib, manifest["target"]["family"])
+            lib_bytes = lib.read_bytes()  # kept for re-export and RPC upload
+    pkg = Package(executable, manifest, report, source=small.get(f"model.{manifest['model']['format']}"),
+                  lib_bytes=lib_bytes)
     pkg.path = path
     return pkg
 
@@ -363,7 +488,7 @@ class MicroPackage:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise SqccError(f"-o {path}: exists and is not a directory (a micro build is a directory)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             shutil.copytree(self.build_dir, tmp, dirs_exist_ok=True)
@@ -386,17 +511,33 @@ class MicroPackage:
         return path
 
 
-def load_micro(path) -> MicroPackage:
-    path = Path(path)
+def _read_json_file(path: Path, name: str) -> bytes | None:
+    """The bytes of ``path/name`` (None when absent), refused over MAX_JSON_BYTES before reading."""
+    f = path / name
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        report = json.loads((path / "report.json").read_text()) if (path / "report.json").exists() else {}
-    except (OSError, ValueError):
-        raise SqccError(f"{path}: not an sqcc micro build (no valid manifest.json)") from None
-    if manifest.get("format") != FORMAT or manifest.get("target", {}).get("family") != "micro":
-        raise SqccError(f"{path}: not an sqcc micro build")
+        if not f.is_file():
+            return None
+        if f.stat().st_size > MAX_JSON_BYTES:
+            raise SqccError(f"{f}: too large ({f.stat().st_size:,} bytes, at most {MAX_JSON_BYTES:,})")
+        return f.read_bytes()
+    except OSError as e:
+        raise SqccError(f"{f}: cannot read ({e.strerror or e})") from None
+
+
+def load_micro(path) -> MicroPackage:
+    """A micro build directory; its manifest and report are checked as a package's are."""
+    path = Path(path)
+    data = _read_json_file(path, "manifest.json")
+    if data is None:
+        raise SqccError(f"{path}: not an sqcc micro build (no manifest.json)")
+    manifest = parse_json(f"{path}: manifest.json", data)
+    _check_manifest(str(path), manifest, "micro")
+    if manifest["target"]["family"] != "micro":
+        raise SqccError(f"{path}: not an sqcc micro build (manifest.json: target.family is "
+                        f"'{manifest['target']['family']}')")
+    report = parse_report(f"{path}: report.json", _read_json_file(path, "report.json"))
     src = path / f"model.{manifest['model']['format']}"
-    pkg = MicroPackage(path, manifest, report, source=src.read_bytes() if src.exists() else None)
+    pkg = MicroPackage(path, manifest, report, source=src.read_bytes() if src.is_file() else None)
     pkg.path = path
     return pkg
 

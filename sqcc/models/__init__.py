@@ -6,6 +6,7 @@ Each entry says how an image becomes an input tensor, so ``sqcc run --image`` ne
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ class Preprocess:
     def from_json(cls, d):
         if d is None:
             return None
-        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}  # a newer sqcc's extra keys are not ours to read
         d["size"] = tuple(d.get("size", (224, 224)))
         d["mean"] = tuple(d.get("mean", ()))
         d["std"] = tuple(d.get("std", ()))
