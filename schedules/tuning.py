@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -74,14 +75,16 @@ def _plain(v):
         return str(v)
 
 
-def _check_lines(path: Path, what: str, repair_tail: bool = True) -> list:
-    """Parse a JSON-lines file; SqccError on anything but a torn last line (dropped)."""
+def _check_lines(path: Path, what: str, repair_tail: bool = True, shown=None) -> list:
+    """Parse a JSON-lines file; SqccError (naming it ``shown``) on anything but a torn last line
+    (dropped)."""
+    shown = shown or path
     if not path.exists():
         return []
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise SqccError(f"{path}: cannot read {what}: {err.strerror}") from err
+        raise SqccError(f"{shown}: cannot read {what}: {err.strerror}") from err
     if not data.strip():
         return []
     lines = data.split(b"\n")
@@ -96,7 +99,7 @@ def _check_lines(path: Path, what: str, repair_tail: bool = True) -> list:
         try:
             out.append(json.loads(raw))
         except ValueError:
-            raise SqccError(f"{path}: line {i} is not JSON: not a MetaSchedule {what} file "
+            raise SqccError(f"{shown}: line {i} is not JSON: not a MetaSchedule {what} file "
                             f"(corrupt?); refusing to use or overwrite it") from None
     if torn is not None and torn.strip():
         try:
@@ -107,38 +110,40 @@ def _check_lines(path: Path, what: str, repair_tail: bool = True) -> list:
                     f.write(b"\n")
         except ValueError:
             if not repair_tail:
-                raise SqccError(f"{path}: last line is incomplete") from None
+                raise SqccError(f"{shown}: last line is incomplete") from None
             # a kill mid-append: the record never finished, drop just that partial line
-            log.warning("%s: dropping an incomplete last line (interrupted write)", path)
+            log.warning("%s: dropping an incomplete last line (interrupted write)", shown)
             with path.open("r+b") as f:
                 f.truncate(len(data) - len(torn))
     return out
 
 
-def _validate(records: Path, workloads: Path, target: tvm.target.Target) -> int:
-    """Check both files; return the number of tuning records. Raises SqccError."""
-    wl = _check_lines(workloads, "workload")
+def _validate(records: Path, workloads: Path, target: tvm.target.Target, shown=None) -> int:
+    """Check both files; return the number of tuning records. Raises SqccError naming the files
+    as ``shown`` (the user's paths, when ``records``/``workloads`` are snapshots)."""
+    rn, wn = shown or (records, workloads)
+    wl = _check_lines(workloads, "workload", shown=wn)
     for i, w in enumerate(wl, 1):
         if not (isinstance(w, list) and len(w) == 2 and isinstance(w[0], str)):
-            raise SqccError(f"{workloads}: line {i} is not a MetaSchedule workload "
+            raise SqccError(f"{wn}: line {i} is not a MetaSchedule workload "
                             f"(corrupt or not a tuning database); refusing to use it")
-    recs = _check_lines(records, "tuning record")
+    recs = _check_lines(records, "tuning record", shown=rn)
     want = _target_key(target)
     for i, r in enumerate(recs, 1):
         if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int)
                 and isinstance(r[1], list) and len(r[1]) >= 3):
-            raise SqccError(f"{records}: line {i} is not a MetaSchedule tuning record "
+            raise SqccError(f"{rn}: line {i} is not a MetaSchedule tuning record "
                             f"(corrupt or not a tuning database); refusing to use it")
         if not 0 <= r[0] < len(wl):
-            raise SqccError(f"{records}: line {i} refers to workload {r[0]} but "
-                            f"{workloads.name} has {len(wl)}: the two files do not belong together")
+            raise SqccError(f"{rn}: line {i} refers to workload {r[0]} but "
+                            f"{Path(wn).name} has {len(wl)}: the two files do not belong together")
         tgt = r[1][2] if isinstance(r[1][2], dict) else None
         if tgt is None:
-            raise SqccError(f"{records}: line {i} has no target: not a MetaSchedule tuning record")
+            raise SqccError(f"{rn}: line {i} has no target: not a MetaSchedule tuning record")
         have = _target_key(tgt)
         if have != want:
             desc = lambda k: ", ".join(f"{a}={b}" for a, b in k.items())  # noqa: E731
-            raise SqccError(f"{records}: records were tuned for a different target ({desc(have)}), "
+            raise SqccError(f"{rn}: records were tuned for a different target ({desc(have)}), "
                             f"not this one ({desc(want)}); use another records file")
     return len(recs)
 
@@ -146,11 +151,12 @@ def _validate(records: Path, workloads: Path, target: tvm.target.Target) -> int:
 def open_database(records_path, target, create: bool = False):
     """Open (and check) the JSON database at ``records_path`` for ``target``.
 
-    ``create=False`` (build time): a missing database is an error. ``create=True`` (tuning):
-    the directory and files are created.
+    ``create=False`` (build time): a missing database is an error, and what is opened is a snapshot
+    of the files' complete lines (records read before workloads, which a tuner writes first), so a
+    build never reads a half-written line of a tuning run going on meanwhile, nor repairs the
+    files under it. ``create=True`` (tuning, under :func:`tuning_lock`): the directory and files
+    are created, a torn last line is repaired, and the database appends to the files themselves.
     """
-    from tvm.s_tir import meta_schedule as ms
-
     from sqcc.build import as_target
 
     target = as_target(target)
@@ -164,12 +170,64 @@ def open_database(records_path, target, create: bool = False):
             records.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SqccError(f"cannot create {records.parent}: {err.strerror}") from err
-    _validate(records, workloads, target)
+        _validate(records, workloads, target)
+        return _json_database(records, workloads, create)
+    with tempfile.TemporaryDirectory(prefix="sqcc-records-") as tmp:
+        snap_rec, snap_wl = Path(tmp) / "r.json", Path(tmp) / "w.json"
+        snap_rec.write_bytes(_complete_lines(records))
+        snap_wl.write_bytes(_complete_lines(workloads))
+        _validate(snap_rec, snap_wl, target, shown=(records, workloads))
+        return _json_database(snap_rec, snap_wl, create, shown=records)  # read in full when made
+
+
+def _json_database(records: Path, workloads: Path, create: bool, shown=None):
+    from tvm.s_tir import meta_schedule as ms
+
     try:
         return ms.database.JSONDatabase(str(workloads), str(records), allow_missing=create)
     except Exception as err:  # TVM's own parser: anything it still rejects is a bad database
-        raise SqccError(f"{records}: not a usable MetaSchedule database: "
-                        f"{one_line(err)}") from err
+        raise SqccError(f"{shown or records}: not a usable MetaSchedule database: {one_line(err)}") from err
+
+
+def _complete_lines(path: Path) -> bytes:
+    """The file up to its last newline (a line being appended right now is left out)."""
+    try:
+        data = path.read_bytes() if path.exists() else b""
+    except OSError as err:
+        raise SqccError(f"{path}: cannot read tuning records: {err.strerror}") from err
+    return data[:data.rfind(b"\n") + 1]
+
+
+@contextlib.contextmanager
+def tuning_lock(records_path):
+    """One tuning run per database at a time (a team sharing ``~/.cache/sqcc``, a farm tuning two
+    targets into one file): MetaSchedule's records point at workloads by line number, so two
+    writers interleaving workloads would make records name the wrong kernels. An exclusive
+    ``flock`` on ``<records>.lock``, held for the run and released by the kernel if the process
+    dies; a second run says whose it is and waits (Ctrl-C stops the wait)."""
+    import fcntl
+    import socket
+
+    records = Path(records_path)
+    records.parent.mkdir(parents=True, exist_ok=True)
+    with open(records.with_name(records.name + ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            print(f"sqcc: {records} is being tuned by {holder}; waiting for it to finish", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- light intrinsics
@@ -270,9 +328,9 @@ def tune(mod: tvm.IRModule, target, trials: int, records_path: str,
     if max_trials_per_task is not None and max_trials_per_task < 1:
         raise SqccError(f"tune: max_trials_per_task must be positive, got {max_trials_per_task}")
     target = _with_cores(target)
-    db = open_database(records_path, target, create=True)
     lowered = lower_to_tir(mod, target)
-    with interrupts.handling(), _light_intrinsics(target):
+    with interrupts.handling(), tuning_lock(records_path), _light_intrinsics(target):
+        db = open_database(records_path, target, create=True)
         try:
             plan = _tuning_plan(ms.relax_integration.extract_tasks(lowered, target), db, task_names)
             left = max(0, trials - sum(have for _, have, _ in plan))

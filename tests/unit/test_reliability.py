@@ -167,3 +167,29 @@ def test_end_children_ends_every_descendant():
     finally:
         p.kill()
         p.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ one tuner per database
+
+def test_a_second_tuner_on_the_same_records_waits_and_says_for_whom(tmp_path, capfd):
+    from sqcc.schedules.tuning import tuning_lock
+
+    records = tmp_path / "db" / "host.json"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sqcc.schedules.tuning import tuning_lock\n"
+                               "with tuning_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(3)\n",
+                               str(records)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with tuning_lock(records):
+            waited = time.monotonic() - t0
+            assert (records.parent / "host.json.lock").read_text().startswith(f"PID {os.getpid()} on ")
+        assert waited > 1.0  # it waited for the other run to let go
+        assert holder.wait(timeout=20) == 0
+        assert f"{records} is being tuned by PID {holder.pid} on " in capfd.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    with tuning_lock(records):  # released: taken at once, nothing said
+        pass
+    assert "being tuned" not in capfd.readouterr().err
