@@ -462,7 +462,7 @@ def _commit_default(db, task, target, builder, runner) -> bool:
         built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
         if built.error_msg:
             log.warning("default schedule of %s does not build: %s", task.task_name,
-                        built.error_msg.splitlines()[-1])
+                        (built.error_msg.strip().splitlines() or ["?"])[-1])
             return False
         args = ms.arg_info.ArgInfo.from_prim_func(func)
         res = runner.run([ms.runner.RunnerInput(built.artifact_path, target.kind.default_device

@@ -14,10 +14,22 @@ class SqccError(Exception):
     """A problem with the user's input or environment, described in one line."""
 
 
-def one_line(err: BaseException) -> str:
-    """The last non-empty line of an exception's message (TVM puts the reason last), or its type."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
+def text_of(err: BaseException) -> str:
+    """``str(err)``, or "" for an exception whose ``__str__`` itself raises."""
+    try:
+        return str(err)
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def one_line(err: BaseException, first: bool = False) -> str:
+    """The last (``first``: the first) non-empty line of an exception's message -- TVM puts the
+    reason last, the ONNX checker first -- or, for an empty message, the exception's type."""
+    text = text_of(err)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0] if first else lines[-1]
 
 
 class UnsupportedOpsError(SqccError):

@@ -182,7 +182,7 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
-        raise SqccError(f"{shown}: ONNX checker rejected the model: {str(e).splitlines()[0]}") from e
+        raise SqccError(f"{shown}: ONNX checker rejected the model: {one_line(e, first=True)}") from e
 
     inits = {i.name for i in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in inits]

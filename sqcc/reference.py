@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import SqccError
+from .errors import SqccError, one_line
 
 
 def _check_inputs(model, inputs: dict) -> dict:
@@ -45,9 +45,7 @@ class OnnxRuntimeSession:
             self.sess = ort.InferenceSession(model.source, sess_options=opts,
                                              providers=["CPUExecutionProvider"])
         except Exception as e:
-            msg = str(e).strip().splitlines()
-            raise SqccError(f"{model.name}: onnxruntime cannot load the model: "
-                            f"{msg[-1] if msg else type(e).__name__}") from e
+            raise SqccError(f"{model.name}: onnxruntime cannot load the model: {one_line(e)}") from e
         self.output_names = [o.name for o in self.sess.get_outputs()]
 
     def run(self, inputs: dict) -> list:
@@ -80,9 +78,7 @@ class LiteRTSession:
         except SqccError:
             raise
         except Exception as e:
-            msg = str(e).strip().splitlines()
-            raise SqccError(f"{model.name}: LiteRT cannot load the model: "
-                            f"{msg[-1] if msg else type(e).__name__}") from e
+            raise SqccError(f"{model.name}: LiteRT cannot load the model: {one_line(e)}") from e
         self.inputs = {d["name"]: d["index"] for d in self.interp.get_input_details()}
         self.outputs = [d["index"] for d in self.interp.get_output_details()]
         unknown = [s.name for s in model.inputs if s.name not in self.inputs]

@@ -68,7 +68,7 @@ def request_session(tracker: str = DEFAULT_TRACKER, key: str = DEFAULT_KEY, time
     try:
         tsess = rpc.connect_tracker(host, port)
     except Exception as e:
-        raise SqccError(f"cannot reach the RPC tracker at {host}:{port} ({e})") from None
+        raise SqccError(f"cannot reach the RPC tracker at {host}:{port} ({one_line(e)})") from None
     left = max(1.0, timeout - (time.monotonic() - t0))
     try:
         tsess._sock.settimeout(left)  # the tracker answers a request only when a node is free
@@ -160,9 +160,8 @@ class RemoteVM:
             self.sess.upload(bytearray(self.lib), target=name)
             mod = self.sess.load_module(name)
         except Exception as e:
-            msg = str(e).strip().splitlines()
             raise SqccError(f"the node for key '{self.key}' could not load the package (built for "
-                            f"{self.manifest['target']['name']}): {msg[-1] if msg else e}") from None
+                            f"{self.manifest['target']['name']}): {one_line(e)}") from None
         self.vm = relax.VirtualMachine(mod, self.dev)
         return self
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import SqccError
+from .errors import SqccError, one_line
 
 MIB = 1 << 20
 PAPER = {"model": "SqueezeNet 1.0 (Iandola et al. 2016, Table 2; Han et al. Deep Compression)",
@@ -260,7 +260,7 @@ def size_report(mod) -> SizeReport:
         weights = weight_arrays(mod)
         info = {l.name: l for l in layer_list(mod)}
     except Exception as e:  # noqa: BLE001
-        raise SqccError(f"size report: cannot read the model's weights ({e})") from e
+        raise SqccError(f"size report: cannot read the model's weights ({one_line(e)})") from e
     rep = SizeReport()
     for name, w in weights.items():
         lay = info.get(name)

@@ -483,7 +483,7 @@ def load_tflite(data: bytes, shown: str, input_shapes: dict):
     try:
         fixed = normalize_tflite(data)
     except Exception as e:  # the walk passed, so this is unexpected; still a user-facing error
-        raise SqccError(f"{shown}: corrupt TFLite flatbuffer ({type(e).__name__}: {e})") from e
+        raise SqccError(f"{shown}: corrupt TFLite flatbuffer ({type(e).__name__}: {one_line(e)})") from e
     if fixed is not data:
         import tflite
 

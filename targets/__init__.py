@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import SqccError
+from ..errors import SqccError, one_line
 
 
 @dataclass
@@ -61,8 +61,7 @@ def export_with(executable, path, what: str, **kwargs) -> str:
     try:
         executable.export_library(path, **kwargs)
     except Exception as e:  # TVM raises RuntimeError/TVMError with the linker output
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise SqccError(f"linking {what} failed: {lines[-1] if lines else e}") from e
+        raise SqccError(f"linking {what} failed: {one_line(e)}") from e
     return path
 
 

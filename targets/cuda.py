@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 
-from sqcc.errors import SqccError
+from sqcc.errors import SqccError, one_line
 
 #: preset → (architecture, description)
 PRESETS = {
@@ -106,8 +106,7 @@ def build(mod, preset_or_target="sm_80"):
     try:
         return relax.build(mod, t)
     except Exception as e:
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise SqccError(f"CUDA build for {t.attrs.get('arch', 'cuda')} failed: {lines[-1] if lines else e}") from e
+        raise SqccError(f"CUDA build for {t.attrs.get('arch', 'cuda')} failed: {one_line(e)}") from e
 
 
 def export_library(executable, path) -> str:

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from sqcc.errors import SqccError
+from sqcc.errors import SqccError, one_line
 
 from .arena import align_up, arena_peak, check_plan, plan_arena
 from .boards import MiB, Preset, get_preset
@@ -102,9 +102,8 @@ def _lower(mod):
     except SqccError:
         raise
     except Exception as e:  # noqa: BLE001 -- a TVM failure on a valid model is sqcc's gap: say where
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         raise SqccError(f"micro: lowering the model with TVM (legalize, fuse) failed: "
-                        f"{lines[-1][:300] if lines else type(e).__name__}; this is a gap in sqcc's "
+                        f"{one_line(e)[:300]}; this is a gap in sqcc's "
                         "micro target, please report it") from e
 
 

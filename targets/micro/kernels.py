@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from sqcc.errors import SqccError
+from sqcc.errors import SqccError, one_line, text_of
 
 from .arena import align_up
 
@@ -137,7 +137,7 @@ def _workspace_bytes(src: str, name: str) -> int:
 
 def codegen_error(e: Exception, funcs: dict) -> str:
     """A readable message for a failure of TVM's c codegen: which intrinsic, in which kernels."""
-    text = str(e)
+    text = text_of(e)
     m = re.search(r'name="([\w.]+)"', text)
     if m is not None and "Unresolved call" in text:
         op = m.group(1)
@@ -148,5 +148,4 @@ def codegen_error(e: Exception, funcs: dict) -> str:
         return (f"micro: TVM's C code generator cannot lower the operation {op}{where}; the micro "
                 "target builds kernels with TVM's 'c' target, which has no rule for it. This is a gap "
                 "in sqcc's micro target, not a problem with the model: please report it")
-    lines = [l for l in text.strip().splitlines() if l.strip()]
-    return f"micro: TVM's C code generator failed: {lines[-1][:300] if lines else type(e).__name__}"
+    return f"micro: TVM's C code generator failed: {one_line(e)[:300]}"
