@@ -329,10 +329,11 @@ def _as_list(x):
 def dump(mod, dump_dir, step: int, name: str):
     if not dump_dir:
         return
-    d = Path(dump_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"{step:02d}_{name.replace(':', '_').replace(',', '_').replace('=', '-')}.py").write_text(
-        mod.script(show_meta=False))
+    from .outputs import atomic_write
+
+    text = mod.script(show_meta=False).encode()
+    safe = name.replace(":", "_").replace(",", "_").replace("=", "-")
+    atomic_write(Path(dump_dir) / f"{step:02d}_{safe}.py", lambda f: f.write(text), "--dump-ir")
 
 
 def run_passes(mod, pass_objs, specs, dump_dir=None, progress=None):

@@ -193,3 +193,30 @@ def test_a_second_tuner_on_the_same_records_waits_and_says_for_whom(tmp_path, ca
     with tuning_lock(records):  # released: taken at once, nothing said
         pass
     assert "being tuned" not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------ a kill while writing
+
+def test_a_kill_in_the_middle_of_writing_leaves_the_previous_file(tmp_path):
+    """Every output goes through sqcc.outputs.atomic_write (packages, --output, plots, sweep rows,
+    IR dumps): SIGKILL a writer half way and the file it was replacing is untouched."""
+    out = tmp_path / "o.tar"
+    out.write_bytes(b"previous package")
+    code = ("import sys, time\nfrom sqcc.outputs import atomic_write\n"
+            "def slow(f):\n    f.write(b'half of a new package')\n    f.flush()\n"
+            "    print('writing', flush=True)\n    time.sleep(60)\n"
+            "atomic_write(sys.argv[1], slow)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "writing"
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+    finally:
+        p.kill()
+    assert out.read_bytes() == b"previous package"
+    leftovers = [q.name for q in tmp_path.iterdir() if q.name != "o.tar"]
+    assert all(n.startswith(".o.tar.") and n.endswith(".tmp") for n in leftovers), leftovers  # hidden, never read
+    from sqcc.outputs import atomic_write
+
+    atomic_write(out, lambda f: f.write(b"next package"))  # the next run writes over it normally
+    assert out.read_bytes() == b"next package"
