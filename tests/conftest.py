@@ -1,5 +1,6 @@
 """Shared fixtures. The real models and images live in ../shared beside the checkout (CI has them too);
 their absence is an error, never a skip."""
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,13 @@ def pytest_sessionfinish(session, exitstatus):
         except ProcessLookupError:
             pass
     p.wait()  # otherwise let it finish: another xdist worker's farm tests may be waiting for it
+
+
+def tuning_records_valid(records) -> int:
+    """Every line of a tuning database parses, and sqcc opens it: the number of records."""
+    from sqcc.build import host_target
+    from sqcc.schedules.tuning import open_database
+
+    for ln in records.read_text().splitlines():
+        json.loads(ln)
+    return len(open_database(str(records), host_target()))

@@ -1,6 +1,5 @@
 """Stopping `sqcc tune` as users do: Ctrl-C (SIGINT) or a kill of the process. Real subprocesses,
 real MetaSchedule workers; every PID the run started is checked afterwards."""
-import json
 import os
 import signal
 import subprocess
@@ -9,6 +8,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from conftest import tuning_records_valid
 
 TUNE = ["tune", "mnist-8", "--target", "host", "--trials", "64"]
 
@@ -41,15 +42,6 @@ def _gone(pids, timeout: float = 10) -> list[int]:
     return alive
 
 
-def _records_valid(records: Path) -> int:
-    from sqcc.build import host_target
-    from sqcc.schedules.tuning import open_database
-
-    for ln in records.read_text().splitlines():
-        json.loads(ln)
-    return len(open_database(str(records), host_target()))
-
-
 def test_ctrl_c_stops_tuning_with_130_and_ends_its_workers(tmp_path):
     proc = _start_tune(tmp_path)
     kids = _wait_measuring(proc, tmp_path / "r.json")  # default schedules being measured: the old trap
@@ -60,7 +52,7 @@ def test_ctrl_c_stops_tuning_with_130_and_ends_its_workers(tmp_path):
     assert "Traceback" not in err and "internal error" not in err, err
     assert "tuning records for host" not in out  # it stopped, it did not finish
     assert not _gone(kids)
-    n = _records_valid(tmp_path / "r.json")
+    n = tuning_records_valid(tmp_path / "r.json")
     assert 2 <= n < 64
     time.sleep(1)
     assert len((tmp_path / "r.json").read_text().splitlines()) == n  # nothing writes after exit
@@ -72,5 +64,5 @@ def test_killed_tuning_leaves_no_worker_and_valid_records(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert not _gone(kids), "a measuring worker outlived its killed parent"
-    n = _records_valid(tmp_path / "r.json")
+    n = tuning_records_valid(tmp_path / "r.json")
     assert n >= 2
