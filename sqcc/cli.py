@@ -470,29 +470,25 @@ def cmd_sweep(args):
 
 # ------------------------------------------------------------------------------------------- main
 
-def build_parser():
-    ap = argparse.ArgumentParser(prog="sqcc", description="compression compiler for trained CNNs on TVM")
-    ap.add_argument("--version", action="version", version=f"sqcc {_version()}")
-    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+def _rpc_args(p):
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="run on a farm device through this tracker")
+    p.add_argument("--rpc-key", help="device key at the tracker (default: the target's, e.g. aarch64)")
+    p.add_argument("--rpc-timeout", type=float, default=60.0, help="seconds to wait for a free device")
 
-    def rpc(p):
-        p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="run on a farm device through this tracker")
-        p.add_argument("--rpc-key", help="device key at the tracker (default: the target's, e.g. aarch64)")
-        p.add_argument("--rpc-timeout", type=float, default=60.0, help="seconds to wait for a free device")
 
-    def common(p):
-        p.add_argument("-v", "--verbose", action="store_true", help="show details (tracebacks) on error")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+def _common_args(p):
+    p.add_argument("-v", "--verbose", action="store_true", help="show details (tracebacks) on error")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
 
-    p = sub.add_parser("inspect", help="per-layer table of a model or a package")
+
+def _inspect_args(p):
     p.add_argument("model", help="model name, .onnx/.tflite path, or package .tar")
     p.add_argument("--size", action="store_true", help="bytes per layer under Deep Compression encodings")
     p.add_argument("--input-shape", help="NAME:D1,D2,... (repeat with ;)")
     p.add_argument("--json", action="store_true")
-    common(p)
-    p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("compile", help="import, rewrite, build, check; write a package")
+
+def _compile_args(p):
     p.add_argument("model", help="model name (e.g. squeezenet1.1) or .onnx/.tflite path")
     p.add_argument("-o", "--output", help="package path (.tar)")
     p.add_argument("--target", default="host", help="host | arm_cpu:PRESET | cuda:SM | micro:CORE")
@@ -526,40 +522,36 @@ def build_parser():
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the original model")
     p.add_argument("--size-report", action="store_true",
                    help="print bytes per layer: dense, pruned CSR, shared-index, Huffman-coded")
-    common(p)
-    p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("run", help="run a package on an image or a tensor")
+
+def _run_args(p):
     p.add_argument("package")
     p.add_argument("--image")
     p.add_argument("--input", help=".npy or ONNX TensorProto .pb")
     p.add_argument("--output", help="save the first output as .npy")
     p.add_argument("--print-top", type=int, default=5)
-    rpc(p)
-    common(p)
-    p.set_defaults(func=cmd_run)
+    _rpc_args(p)
 
-    p = sub.add_parser("bench", help="latency: median/min/max, and the peer in the same run")
+
+def _bench_args(p):
     p.add_argument("package")
     p.add_argument("--compare", metavar="onnxruntime", help="time the original model in onnxruntime too")
     p.add_argument("--threads", type=int, help="threads for sqcc and the peer (default: all cores)")
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--json", action="store_true")
-    rpc(p)
-    common(p)
-    p.set_defaults(func=cmd_bench)
+    _rpc_args(p)
 
-    p = sub.add_parser("passes", help="list the rewrite passes and their parameters")
+
+def _passes_args(p):
     p.add_argument("--json", action="store_true")
-    common(p)
-    p.set_defaults(func=cmd_passes)
 
-    p = sub.add_parser("targets", help="list targets and presets")
-    common(p)
-    p.set_defaults(func=cmd_targets)
 
-    p = sub.add_parser("tune", help="MetaSchedule tuning into a durable records file (resumable)")
+def _targets_args(p):
+    """No arguments of its own."""
+
+
+def _tune_args(p):
     p.add_argument("model")
     p.add_argument("--target", default="host")
     p.add_argument("--trials", type=int, default=2000)
@@ -571,11 +563,10 @@ def build_parser():
     p.add_argument("--revalidate", action="store_true",
                    help="after tuning, re-measure each kernel's best candidates and the default schedule "
                         "against each other (run on a quiet machine) and pin the winners")
-    rpc(p)
-    common(p)
-    p.set_defaults(func=cmd_tune)
+    _rpc_args(p)
 
-    p = sub.add_parser("sweep", help="accuracy/agreement vs MACs for several budgets (Pareto plot)")
+
+def _sweep_args(p):
     p.add_argument("model")
     p.add_argument("--budgets", default="0.9,0.8,0.7,0.6,0.5")
     p.add_argument("--calibration", metavar="DIR", required=True)
@@ -591,15 +582,37 @@ def build_parser():
     p.add_argument("--techniques", metavar="LIST",
                    help="the rewrites the plan may use, comma-separated (default "
                         "lowrank,dwsep,flatten,poolhoist; lowrank:weight|channel|spatial for one scheme)")
-    common(p)
-    p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("farm", help="a local TVM RPC farm: tracker + host node + emulated aarch64 node")
+
+def _farm_args(p):
     from . import farm
 
     farm.add_arguments(p)
-    common(p)
-    p.set_defaults(func=cmd_farm)
+
+
+# verb, help, its arguments, what runs it
+VERBS = [
+    ("inspect", "per-layer table of a model or a package", _inspect_args, cmd_inspect),
+    ("compile", "import, rewrite, build, check; write a package", _compile_args, cmd_compile),
+    ("run", "run a package on an image or a tensor", _run_args, cmd_run),
+    ("bench", "latency: median/min/max, and the peer in the same run", _bench_args, cmd_bench),
+    ("passes", "list the rewrite passes and their parameters", _passes_args, cmd_passes),
+    ("targets", "list targets and presets", _targets_args, cmd_targets),
+    ("tune", "MetaSchedule tuning into a durable records file (resumable)", _tune_args, cmd_tune),
+    ("sweep", "accuracy/agreement vs MACs for several budgets (Pareto plot)", _sweep_args, cmd_sweep),
+    ("farm", "a local TVM RPC farm: tracker + host node + emulated aarch64 node", _farm_args, cmd_farm),
+]
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="sqcc", description="compression compiler for trained CNNs on TVM")
+    ap.add_argument("--version", action="version", version=f"sqcc {_version()}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    for name, help_, add_args, func in VERBS:
+        p = sub.add_parser(name, help=help_)
+        add_args(p)
+        _common_args(p)
+        p.set_defaults(func=func)
     return ap
 
 
