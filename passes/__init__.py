@@ -16,11 +16,14 @@ from .base import LayerRecord, PassContext  # noqa: F401  (re-exported)
 
 @dataclass(frozen=True)
 class Param:
+    """A pass parameter as ``sqcc passes`` prints it and ``--pass`` parses it. Its default is the
+    pass's ``__init__`` default (filled in by :func:`register`): written once, where the code is."""
+
     name: str
     type: type  # int, float, str, bool, list, or "rank" (int, fraction or None)
-    default: object
     doc: str
     choices: tuple = ()
+    default: object = None
 
 
 @dataclass
@@ -45,13 +48,31 @@ PASS_MODULES = ["low_rank", "dwsep", "flatten", "shuffle", "int8", "qdq_fold", "
 
 
 def register(name: str, summary: str, params=()):
-    """Class decorator: put a module-pass class in the registry under ``name``."""
+    """Class decorator: put a module-pass class in the registry under ``name``, its parameters'
+    defaults read from the class's ``__init__``; a parameter without a keyword there (or the
+    reverse) is a bug caught at import."""
 
     def deco(cls):
-        REGISTRY[name] = PassInfo(name, cls, summary, list(params))
+        REGISTRY[name] = PassInfo(name, cls, summary, _with_defaults(name, cls, params))
         return cls
 
     return deco
+
+
+def _with_defaults(name: str, cls, params) -> list:
+    import dataclasses
+    import inspect
+
+    sig = inspect.signature(cls.__init__).parameters
+    keywords = {k for k, v in sig.items() if k not in ("self", "context") and v.kind is v.POSITIONAL_OR_KEYWORD}
+    declared = {p.name for p in params}
+    if keywords != declared:
+        raise TypeError(f"pass {name}: __init__ keywords {sorted(keywords)} != declared parameters {sorted(declared)}")
+    out = []
+    for p in params:
+        d = sig[p.name].default
+        out.append(dataclasses.replace(p, default=list(d) if p.type is list else d))
+    return out
 
 
 def _load_all():

@@ -93,8 +93,8 @@ def emit_bwn_conv(bb, x, sign_w: np.ndarray, strides, padding, dilation, name="b
 @register("binary", "binary weights (BWN, mode=weights) or XNOR-Net (mode=xnor) with bit-packed "
           "popcount kernels; first/last conv skipped by default",
           params=[
-              Param("mode", str, "weights", "weights: W≈α·sign(W); xnor: activations binarised too", MODES),
-              Param("skip", list, ["first", "last"], "layers left float: first, last, layer names, none"),
+              Param("mode", str, "weights: W≈α·sign(W); xnor: activations binarised too", MODES),
+              Param("skip", list, "layers left float: first, last, layer names, none"),
           ])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.binary")
 class Binary:

@@ -345,13 +345,13 @@ class _WeightPass:
 
 @register("prune", "magnitude pruning (Deep Compression): per-layer, global or sensitivity-guided sparsity; "
           "weights stay dense constants with zeros",
-          params=[Param("sparsity", float, 0.5, "fraction of weights to remove, in [0, 1)"),
-                  Param("scope", str, "layer", "layer (each layer loses that fraction) | global (one "
+          params=[Param("sparsity", float, "fraction of weights to remove, in [0, 1)"),
+                  Param("scope", str, "layer (each layer loses that fraction) | global (one "
                         "magnitude threshold for all layers)", SCOPES),
-                  Param("sensitivity", bool, False, "per-layer sparsities from sensitivity curves (equal "
+                  Param("sensitivity", bool, "per-layer sparsities from sensitivity curves (equal "
                         "error per layer; data-weighted with calibration) reaching the overall sparsity"),
-                  Param("layers", list, [], "only these layers (default: every conv/fc)"),
-                  Param("fit", str, "auto", "auto (data-aware when calibrated: least-squares refit of the "
+                  Param("layers", list, "only these layers (default: every conv/fc)"),
+                  Param("fit", str, "auto (data-aware when calibrated: least-squares refit of the "
                         "kept weights + bias correction) | data | weight (plain magnitude pruning)",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.prune")
@@ -458,8 +458,8 @@ class Prune(_WeightPass):
 
 @register("share", "k-means weight sharing (Deep Compression): 2^bits shared values per layer, linear "
           "initialisation; weights stay dense constants (decoded)",
-          params=[Param("bits", int, 8, "index bits per weight, 1..8 (2^bits centroids per layer)"),
-                  Param("layers", list, [], "only these layers (default: every conv/fc)")])
+          params=[Param("bits", int, "index bits per weight, 1..8 (2^bits centroids per layer)"),
+                  Param("layers", list, "only these layers (default: every conv/fc)")])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.share")
 class Share(_WeightPass):
     technique = "share"

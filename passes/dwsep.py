@@ -192,18 +192,18 @@ def fit_dwsep(layer: LayerFit, multiplier: float = 1, use_data=True, refit=True,
 
 @register("dwsep", "factor Kh×Kw convs into depthwise (channel multiplier M) + 1×1, by per-channel "
           "SVD, fitted to calibration activations when given",
-          params=[Param("multiplier", float, 1, "channel multiplier M of the depthwise conv: C·M filters "
+          params=[Param("multiplier", float, "channel multiplier M of the depthwise conv: C·M filters "
                         "(exact at min(N, Kh·Kw)); with spread=energy it may be fractional"),
-                  Param("spread", str, "energy", "how the C·M filters are shared among input channels: by "
+                  Param("spread", str, "how the C·M filters are shared among input channels: by "
                         "the energy each adds (water-filling; a channel gather feeds the depthwise conv) or "
                         "M each", SPREADS),
-                  Param("force", bool, False, "rewrite even where MACs do not drop"),
-                  Param("layers", list, [], "only these layers (default: all)"),
-                  Param("relu", int, RELU_ITERS, "ReLU-aware refit iterations for layers a ReLU follows "
+                  Param("force", bool, "rewrite even where MACs do not drop"),
+                  Param("layers", list, "only these layers (default: all)"),
+                  Param("relu", int, "ReLU-aware refit iterations for layers a ReLU follows "
                         "(data-aware fits; 0: plain linear fit)"),
-                  Param("als", int, ALS_ROUNDS, "alternating least-squares rounds of the data-aware fit "
+                  Param("als", int, "alternating least-squares rounds of the data-aware fit "
                         "(0: per-channel SVD, then the pointwise least squares)"),
-                  Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
+                  Param("fit", str, "auto (data-aware when calibrated) | data | weight",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.dwsep")
 class DepthwiseSeparable(FactorPassBase):

@@ -186,13 +186,13 @@ def fit_flatten(layer: LayerFit, rank: int = 2, use_data=True, iters: int = 100,
 
 @register("flatten", "flattened convolutions: each filter as R rank-1 terms (CP-ALS) → 1×1, Kh×1 "
           "depthwise, 1×Kw grouped sum",
-          params=[Param("rank", int, 2, "rank-1 terms per filter (exact at Kh·min(C, Kw))"),
-                  Param("iters", int, 100, "CP-ALS iterations"),
-                  Param("force", bool, False, "rewrite even where MACs do not drop"),
-                  Param("layers", list, [], "only these layers (default: all)"),
-                  Param("relu", int, RELU_ITERS, "ReLU-aware refit iterations for layers a ReLU follows "
+          params=[Param("rank", int, "rank-1 terms per filter (exact at Kh·min(C, Kw))"),
+                  Param("iters", int, "CP-ALS iterations"),
+                  Param("force", bool, "rewrite even where MACs do not drop"),
+                  Param("layers", list, "only these layers (default: all)"),
+                  Param("relu", int, "ReLU-aware refit iterations for layers a ReLU follows "
                         "(data-aware fits; 0: plain linear fit)"),
-                  Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
+                  Param("fit", str, "auto (data-aware when calibrated) | data | weight",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.flatten")
 class Flatten(FactorPassBase):

@@ -565,11 +565,11 @@ def activations_for(mod, context: PassContext) -> dict:
 @register("int8", "calibrated int8 quantisation: per-channel int8 weights, uint8/int8 activations, "
           "int8×int8→int32 convs with fused requantisation",
           params=[
-              Param("calibration", str, "entropy", "activation range method", METHODS),
-              Param("keep", list, [], "layers left in float (e.g. keep=conv0,conv25)"),
-              Param("percentile", float, 99.99, "percentile for calibration=percentile"),
-              Param("bias_correction", bool, True, "shift biases by the mean quantisation error"),
-              Param("weight_bits", str, "auto", "8 (|w|≤127), 7 (|w|≤64: exact with "
+              Param("calibration", str, "activation range method", METHODS),
+              Param("keep", list, "layers left in float (e.g. keep=conv0,conv25)"),
+              Param("percentile", float, "percentile for calibration=percentile"),
+              Param("bias_correction", bool, "shift biases by the mean quantisation error"),
+              Param("weight_bits", str, "8 (|w|≤127), 7 (|w|≤64: exact with "
                     "vpmaddubsw), or auto: 7 on x86 CPUs with AVX2/AVX-512 but no VNNI, else 8",
                     ("auto", "8", "7")),
           ])

@@ -210,18 +210,18 @@ def fit(layer: LayerFit, scheme: str, rank=None, energy=None, use_data=True, als
 
 @register("lowrank", "split convs/matmuls into two thinner ones by truncated SVD (weight, spatial or "
           "channel scheme), fitted to calibration activations when given",
-          params=[Param("scheme", str, "channel", "weight (1×1 conv, matmul) | spatial (Kh×1 then 1×Kw) | "
+          params=[Param("scheme", str, "weight (1×1 conv, matmul) | spatial (Kh×1 then 1×Kw) | "
                         "channel (Kh×Kw to r, then 1×1)", SCHEMES),
-                  Param("rank", "rank", None, "rank per layer: an integer, or a fraction of the full rank"),
-                  Param("energy", float, None, "keep this fraction of the (output) energy, in (0, 1]; "
+                  Param("rank", "rank", "rank per layer: an integer, or a fraction of the full rank"),
+                  Param("energy", float, "keep this fraction of the (output) energy, in (0, 1]; "
                         "default 0.9 when no rank is given"),
-                  Param("force", bool, False, "rewrite even where MACs do not drop"),
-                  Param("layers", list, [], "only these layers (default: all)"),
-                  Param("relu", int, RELU_ITERS, "ReLU-aware refit iterations for layers a ReLU follows "
+                  Param("force", bool, "rewrite even where MACs do not drop"),
+                  Param("layers", list, "only these layers (default: all)"),
+                  Param("relu", int, "ReLU-aware refit iterations for layers a ReLU follows "
                         "(data-aware fits; 0: plain linear fit)"),
-                  Param("als", int, ALS_ROUNDS, "alternating least-squares rounds of the data-aware "
+                  Param("als", int, "alternating least-squares rounds of the data-aware "
                         "spatial fit (0: SVD, then H by least squares)"),
-                  Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight",
+                  Param("fit", str, "auto (data-aware when calibrated) | data | weight",
                         ("auto", "data", "weight"))])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.lowrank")
 class LowRank(FactorPassBase):

@@ -103,9 +103,9 @@ def find_hoistable(func) -> dict:
 
 @register("poolhoist", "run a 1×1 conv whose output is only globally averaged (after an optional bias "
           "and ReLU) on k×k average-pooled input: 1/k² of its MACs, exact without the ReLU",
-          params=[Param("window", int, 0, "pooling window k (stride k); 0: the whole map (global "
+          params=[Param("window", int, "pooling window k (stride k); 0: the whole map (global "
                         "average pooling before the conv)"),
-                  Param("layers", list, [], "only these layers (default: all that match)")])
+                  Param("layers", list, "only these layers (default: all that match)")])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.poolhoist")
 class PoolHoist:
     """Average-pool before a 1×1 conv that is only globally pooled (see the module docstring)."""

@@ -697,12 +697,12 @@ def check_groups(groups):
 
 @register("shuffle", "group 1×1 convs (ShuffleNet): balanced bipartite channel partition keeping the most "
           "(output) energy on g diagonal blocks; permutations folded into neighbours or gathered",
-          params=[Param("groups", int, 2, "number of groups g (must divide the layer's input and output "
+          params=[Param("groups", int, "number of groups g (must divide the layer's input and output "
                         "channels)"),
-                  Param("layers", list, [], "layers to group: names, or squeeze / expand1x1 / pointwise / "
+                  Param("layers", list, "layers to group: names, or squeeze / expand1x1 / pointwise / "
                         "all (default: every dense 1×1 conv)"),
-                  Param("fit", str, "auto", "auto (data-aware when calibrated) | data | weight", FITS),
-                  Param("fold", bool, True, "fold permutations into neighbouring weights where exact")])
+                  Param("fit", str, "auto (data-aware when calibrated) | data | weight", FITS),
+                  Param("fold", bool, "fold permutations into neighbouring weights where exact")])
 @tvm.transform.module_pass(opt_level=0, name="sqcc.shuffle")
 class Shuffle:
     """The ``shuffle`` pass (see the module docstring)."""
