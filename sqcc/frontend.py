@@ -7,51 +7,16 @@ model, truncated file, unsupported operators, bad shapes) raise :class:`SqccErro
 """
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SqccError, UnsupportedOpsError, one_line, quiet_when_refused, release_frames
-from .models import ModelEntry, Preprocess, resolve
+from .model import Model, TensorSpec, batch_one, fmt_dims, relax_outputs  # noqa: F401  (re-exported)
+from .models import ModelEntry, resolve
 
 TFLITE_MAGIC = b"TFL3"
-
-
-@dataclass
-class TensorSpec:
-    name: str
-    shape: tuple
-    dtype: str = "float32"
-
-    def to_json(self):
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, d):
-        return cls(d["name"], tuple(d["shape"]), d["dtype"])
-
-
-@dataclass
-class Model:
-    """An imported model: the Relax module plus what is needed to feed, name and check it."""
-
-    mod: object  # tvm.IRModule; main's bindings are named after source layers
-    inputs: list
-    outputs: list
-    format: str  # "onnx" | "tflite"
-    source: bytes  # the original file, for the reference runtime and the package's sha256
-    name: str
-    path: str | None = None
-    preprocess: Preprocess | None = None
-    quant: dict = field(default_factory=dict)  # tflite int8 input/output (scale, zero_point)
-    notes: list = field(default_factory=list)  # what the import decided for the user (batch 1, ...)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.source).hexdigest()
 
 
 def parse_input_shapes(text: str | None) -> dict:
@@ -198,7 +163,7 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
             shape = tuple(input_shapes[vi.name])
             if dims is not None and len(dims) != len(shape):
                 raise SqccError(f"--input-shape {vi.name}: rank {len(shape)} given, the model's input has "
-                                f"rank {len(dims)} ({_fmt_dims(dims)})")
+                                f"rank {len(dims)} ({fmt_dims(dims)})")
             for ax, (d, s) in enumerate(zip(dims or [], shape)):
                 if isinstance(d, int) and d != s:
                     raise SqccError(f"--input-shape {vi.name}: axis {ax} is fixed to {d} in the model, "
@@ -212,7 +177,7 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
             if dyn:
                 where = ", ".join(f"axis {ax} ('{d}')" for ax, d in dyn)
                 raise SqccError(f"{shown}: input '{vi.name}' has dynamic dimension(s) at {where} "
-                                f"({_fmt_dims(dims)}); give --input-shape {vi.name}:"
+                                f"({fmt_dims(dims)}); give --input-shape {vi.name}:"
                                 f"{','.join(str(d) if isinstance(d, int) else 'N' for d in dims)}")
             shape = tuple(dims)
         shape_dict[vi.name] = list(shape)
@@ -235,7 +200,7 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     from .layers import name_layers
 
     mod = name_layers(mod, [(n.name, n.op_type) for n in proto.graph.node], "onnx")
-    outputs = _relax_outputs(mod, [o.name for o in proto.graph.output])
+    outputs = relax_outputs(mod, [o.name for o in proto.graph.output])
     return Model(mod=mod, inputs=inputs, outputs=outputs, format="onnx", source=data, name=shown,
                  notes=notes)
 
@@ -358,37 +323,6 @@ def _failing_onnx_node(err: BaseException) -> str:
         return ""
     name = found.name or (f"(unnamed, output '{found.output[0]}')" if found.output else "(unnamed)")
     return f" at node '{name}' ({found.op_type})" if found.name else f" at node {name} ({found.op_type})"
-
-
-def batch_one(name: str, dims: list, notes: list) -> list:
-    """``dims`` with a dynamic batch (axis 0 of a rank ≥ 2 input) set to 1, said in ``notes``.
-
-    A symbolic batch (torch.onnx dynamic axes, tf2onnx, Keras' None) is what most exports have and
-    the reference runtimes run as it is, so batch 1 is the default, not an error; other dynamic
-    axes stay errors that name the flag."""
-    if len(dims) < 2 or isinstance(dims[0], int):
-        return dims
-    notes.append(f"input '{name}': dynamic batch dimension '{dims[0]}' set to 1 "
-                 f"(--input-shape {name}:N,... for another batch)")
-    return [1] + list(dims[1:])
-
-
-def _fmt_dims(dims):
-    return "[" + ",".join(str(d) for d in dims) + "]"
-
-
-def _relax_outputs(mod, names):
-    """Output specs from main's return type (a tensor, or a tuple of tensors)."""
-    from tvm import relax
-
-    ret = mod["main"].body.body
-    ty = ret.ty
-    tys = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
-    outs = []
-    for k, t in enumerate(tys):
-        nm = names[k] if k < len(names) else f"output_{k}"
-        outs.append(TensorSpec(nm, tuple(int(d) for d in t.shape), str(t.dtype)))
-    return outs
 
 
 def random_inputs(model: Model, seed: int = 0) -> dict:

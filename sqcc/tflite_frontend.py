@@ -367,7 +367,7 @@ def _layer_name(sg, idx) -> str:
 
 def _input_specs(model, shown, input_shapes, notes):
     """(TensorSpecs, shape_dict, dtype_dict) of subgraph 0's inputs, with overrides applied."""
-    from .frontend import TensorSpec, _fmt_dims, batch_one
+    from .model import TensorSpec, batch_one, fmt_dims
 
     sg = model.Subgraphs(0)
     idxs = [int(i) for i in sg.InputsAsNumpy()] if sg.InputsLength() else []
@@ -387,7 +387,7 @@ def _input_specs(model, shown, input_shapes, notes):
             given = tuple(int(d) for d in input_shapes[name])
             if len(given) != len(dims):
                 raise SqccError(f"--input-shape {name}: rank {len(given)} given, the model's input has "
-                                f"rank {len(dims)} ({_fmt_dims(dims)})")
+                                f"rank {len(dims)} ({fmt_dims(dims)})")
             for ax, (d, g) in enumerate(zip(dims, given)):
                 if g <= 0:
                     raise SqccError(f"--input-shape {name}: dimensions must be positive integers")
@@ -401,7 +401,7 @@ def _input_specs(model, shown, input_shapes, notes):
             if dyn:
                 where = ", ".join(f"axis {ax}" for ax in dyn)
                 raise SqccError(f"{shown}: input '{name}' has dynamic dimension(s) at {where} "
-                                f"({_fmt_dims(dims)}); give --input-shape {name}:"
+                                f"({fmt_dims(dims)}); give --input-shape {name}:"
                                 f"{','.join(str(d) if isinstance(d, int) else 'N' for d in dims)}")
             final = tuple(dims)
         specs.append(TensorSpec(name, tuple(final), dtype))
@@ -476,7 +476,7 @@ def _import_tflite(model, shape_dict, dtype_dict, shown):
 
 def load_tflite(data: bytes, shown: str, input_shapes: dict):
     """Import a TFLite flatbuffer into a :class:`sqcc.frontend.Model` (see the module docstring)."""
-    from .frontend import Model, _relax_outputs
+    from .model import Model, relax_outputs
     from .layers import name_layers
 
     model = parse_tflite(data, shown)
@@ -513,7 +513,7 @@ def load_tflite(data: bytes, shown: str, input_shapes: dict):
     mod = name_layers(mod, ops, "tflite")
 
     out_idx = [int(i) for i in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
-    outputs = _relax_outputs(mod, [_tensor_name(sg, i) for i in out_idx])
+    outputs = relax_outputs(mod, [_tensor_name(sg, i) for i in out_idx])
     quant = {}
     in_q = [_quant_of(sg.Tensors(int(i))) for i in (sg.InputsAsNumpy() if sg.InputsLength() else [])]
     out_q = [_quant_of(sg.Tensors(i)) for i in out_idx]
