@@ -799,6 +799,3 @@ class Shuffle:
             "groups": g, "kept_weight_energy": kept_w, "weight_error": werr, "output_error": oerr,
             "input": info["input"], "output": info["output"]}
         return new
-
-
-from . import shuffle_canon  # noqa: E402,F401  (registers the shuffle-canon pass)

@@ -125,7 +125,7 @@ def schedule(mod: tvm.IRModule, target, tuning_records: str | None = None,
     mod = lower_to_tir(mod, target, notes=notes)
     with target:
         if tuning_records:
-            from sqcc.schedules.tuning import open_database, pinned_paths
+            from sqcc.schedules.records import open_database, pinned_paths
             pinned = pinned_paths(tuning_records)[0]
             # the re-measured winners (sqcc tune --revalidate) when they are newer than the records
             if pinned.exists() and pinned.stat().st_mtime >= Path(tuning_records).stat().st_mtime:

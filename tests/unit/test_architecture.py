@@ -101,7 +101,7 @@ def test_import_cycles_do_not_grow():
 
 
 KNOT_SIZE = 3
-KNOTS = 3
+KNOTS = 1
 
 
 def test_the_frontend_does_not_import_the_back_end():
