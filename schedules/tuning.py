@@ -32,7 +32,7 @@ from pathlib import Path
 import tvm
 
 from sqcc import interrupts
-from sqcc.errors import SqccError
+from sqcc.errors import SqccError, one_line
 
 from .records import (  # noqa: F401  (re-exported: the database is tuning's)
     database_paths, open_database, pinned_paths, tuning_lock)
@@ -423,76 +423,35 @@ def revalidate(mod: tvm.IRModule, target, records_path: str, top_k: int = 4, rou
     the untuned default. Run this on a quiet machine; the raw records are not touched, the pinned
     files are replaced atomically.
     """
-
-    import numpy as np
-    from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
     from sqcc.build import lower_to_tir
 
-    from .apply import default_schedule
-    from .cpu import cpu_info
-
     target = _with_cores(target)
     db = open_database(records_path, target)
     lowered = lower_to_tir(mod, target)
-    dev = tvm.cpu()
     out_rec, out_wl = pinned_paths(records_path)
     tmp = Path(tempfile.mkdtemp(dir=out_rec.parent, prefix=".pinned."))
     tmp_rec, tmp_wl = tmp / "r.json", tmp / "w.json"
     pinned = ms.database.JSONDatabase(str(tmp_wl), str(tmp_rec), allow_missing=True)
-    summary = []
-    with _light_intrinsics(target):
-        tasks = ms.relax_integration.extract_tasks(lowered, target)
-        for task in tasks:
+    with interrupts.handling(), _light_intrinsics(target):
+        for task in ms.relax_integration.extract_tasks(lowered, target):
             fmod = task.dispatched[0]
             if fmod["main"].attrs is not None and fmod["main"].attrs.get("tirx.is_scheduled", False):
                 continue
-            cands = []
-            if db.has_workload(fmod):
-                wl = db.commit_workload(fmod)  # already there: nothing is written
-                for rec in db.get_top_k(wl, top_k):
-                    sch = Schedule(wl.mod)
-                    try:
-                        rec.trace.apply_to_schedule(sch, remove_postproc=False)
-                    except Exception:  # noqa: BLE001 -- a record that no longer replays
-                        continue
-                    cands.append(("tuned", sch))
+            cands = _tuned_candidates(db, fmod, top_k)
             if not cands:
                 continue  # nothing tuned: the default rules schedule it at build time anyway
-            sch, _ = default_schedule(fmod["main"], cpu_info(target))
-            if sch is not None:
-                cands.append(("default", sch))
-            args = ms.arg_info.ArgInfo.from_prim_func(fmod["main"])
-            rng = np.random.default_rng(0)
-            arrs = [tvm.runtime.tensor((rng.random([int(d) for d in a.shape]) * 4).astype(a.dtype), dev)
-                    for a in args]
-            timers = []
-            for kind, sch in cands:
-                try:
-                    with target:
-                        lib = tvm.compile(sch.mod, target=target)
-                    timers.append((kind, sch, lib.mod.time_evaluator("main", dev, number=10, repeat=1,
-                                                                     min_repeat_ms=20)))
-                except Exception as err:  # noqa: BLE001
-                    log.debug("candidate of %s does not build: %s", task.task_name, err)
-            if not timers:
+            result = _race(task.task_name, fmod, cands + _default_candidate(fmod, target), target, rounds)
+            if result is None:
                 continue
-            times = [[] for _ in timers]
-            for _ in range(rounds):
-                for i, (_, _, f) in enumerate(timers):
-                    times[i].append(float(f(*arrs).mean))
-            med = [float(np.median(t)) for t in times]
-            best = int(np.argmin(med))
-            kind, sch, _ = timers[best]
+            (kind, sch, secs), dflt = result
             pinned.commit_tuning_record(ms.database.TuningRecord(
-                trace=sch.trace, workload=pinned.commit_workload(fmod), run_secs=[med[best]],
-                target=target, args_info=args))
-            dflt = [m for (k, _, _), m in zip(timers, med) if k == "default"]
-            summary.append((task.task_name, kind, med[best], dflt[0] if dflt else None))
+                trace=sch.trace, workload=pinned.commit_workload(fmod), run_secs=[secs], target=target,
+                args_info=ms.arg_info.ArgInfo.from_prim_func(fmod["main"])))
             if progress:
-                d = f", default {dflt[0] * 1e6:.1f} us" if dflt else ""
-                print(f"{task.task_name[:44]:<44} {kind:<7} {med[best] * 1e6:8.1f} us{d}", file=sys.stderr)
+                d = f", default {dflt * 1e6:.1f} us" if dflt is not None else ""
+                print(f"{task.task_name[:44]:<44} {kind:<7} {secs * 1e6:8.1f} us{d}", file=sys.stderr)
     # records last: until they are in place the build uses the raw records, never a mismatched pair
     out_rec.unlink(missing_ok=True)
     if tmp_rec.exists():
@@ -502,3 +461,59 @@ def revalidate(mod: tvm.IRModule, target, records_path: str, top_k: int = 4, rou
         p.unlink()
     tmp.rmdir()
     return str(out_rec)
+
+
+def _tuned_candidates(db, fmod, top_k: int) -> list:
+    """("tuned", schedule) for the database's ``top_k`` best records of this kernel that still replay."""
+    from tvm.s_tir import Schedule
+
+    if not db.has_workload(fmod):
+        return []
+    wl = db.commit_workload(fmod)  # already there: nothing is written
+    out = []
+    for rec in db.get_top_k(wl, top_k):
+        sch = Schedule(wl.mod)
+        try:
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        except Exception:  # noqa: BLE001 -- a record that no longer replays
+            continue
+        out.append(("tuned", sch))
+    return out
+
+
+def _default_candidate(fmod, target) -> list:
+    from .apply import default_schedule
+    from .cpu import cpu_info
+
+    sch, _ = default_schedule(fmod["main"], cpu_info(target))
+    return [] if sch is None else [("default", sch)]
+
+
+def _race(name: str, fmod, cands, target, rounds: int):
+    """Build every candidate and time them in alternating rounds on the same inputs: ((kind,
+    schedule, median seconds) of the fastest, the default's median or None); None if none builds."""
+    import numpy as np
+    from tvm.s_tir import meta_schedule as ms
+
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    arrs = [tvm.runtime.tensor((rng.random([int(d) for d in a.shape]) * 4).astype(a.dtype), dev)
+            for a in ms.arg_info.ArgInfo.from_prim_func(fmod["main"])]
+    timers = []
+    for kind, sch in cands:
+        try:
+            with target:
+                lib = tvm.compile(sch.mod, target=target)
+            timers.append((kind, sch, lib.mod.time_evaluator("main", dev, number=10, repeat=1, min_repeat_ms=20)))
+        except Exception as err:  # noqa: BLE001
+            log.debug("candidate of %s does not build: %s", name, one_line(err))
+    if not timers:
+        return None
+    times = [[] for _ in timers]
+    for _ in range(rounds):
+        for i, (_, _, f) in enumerate(timers):
+            times[i].append(float(f(*arrs).mean))
+    med = [float(np.median(t)) for t in times]
+    best = int(np.argmin(med))
+    dflt = [m for (k, _, _), m in zip(timers, med) if k == "default"]
+    return (timers[best][0], timers[best][1], med[best]), (dflt[0] if dflt else None)

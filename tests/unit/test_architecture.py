@@ -25,7 +25,6 @@ LONG_FUNCTIONS = {
     "passes/shuffle.py:permute_layer": 85,
     "schedules/conv2d.py:_schedule_conv": 108,
     "schedules/int8.py:schedule_dot_conv": 85,
-    "schedules/tuning.py:revalidate": 98,
 }
 
 
