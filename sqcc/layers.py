@@ -224,15 +224,7 @@ def layer_graph(mod) -> nx.DiGraph:
     for b in _bindings(func):
         v, val = b.var, b.value
         op = op_name(val)
-        args = list(val.args) if isinstance(val, relax.Call) else (
-            list(val.fields) if isinstance(val, relax.Tuple) else
-            [val.tuple_value] if isinstance(val, relax.TupleGetItem) else [val])
-        if op and op.startswith("relax.call_tir") is False and op.startswith("call_tir:"):
-            args = list(args[1].fields) if isinstance(args[1], relax.Tuple) else [args[1]]
-        # Flatten tuple arguments (concat takes a tuple).
-        flat = []
-        for a in args:
-            flat.extend(a.fields if isinstance(a, relax.Tuple) else [a])
+        flat = _flat_args(val, op)
         infos = [_const_info(a, const_vars) for a in flat]
         acts = [a for a, i in zip(flat, infos) if i is None and isinstance(a, relax.Var) and a in owner]
         if not acts:  # computes on constants only (a weight reshape, a dequantize of weights)
@@ -259,10 +251,8 @@ def layer_graph(mod) -> nx.DiGraph:
         if single and (act or (op in BIAS_OPS and any(infos))):
             # bias add / activation fused into the producing layer; an activation's scalar bounds
             # (Clip's 0 and 6) are not weights
-            for i in infos:
-                if i and not act:
-                    src_layer.params += i[0]
-                    src_layer.weight_bytes += i[1]
+            if not act:
+                _add_weights(src_layer, infos)
             src_layer.fused.append(op.split(".")[-1].split(":")[-1].rstrip("0123456789_") if act else "bias")
             src_layer.out_shape = _shape(v)
             owner[v] = src
@@ -271,34 +261,55 @@ def layer_graph(mod) -> nx.DiGraph:
         while name in g:  # rewrites may reuse a layer's name on several bindings
             name, k = f"{v.name}_{k}", k + 1
         layer = Layer(name, op or type(val).__name__, in_shape=_shape(acts[0]), out_shape=_shape(v))
-        for i in infos:
-            if i:
-                layer.params += i[0]
-                layer.weight_bytes += i[1]
-        if op in ("relax.nn.conv2d", "relax.nn.conv2d_transpose"):
-            a = val.attrs
-            wshape = _shape(flat[1])
-            klayout = str(a.kernel_layout)
-            kdim = {c: wshape[k] for k, c in enumerate(klayout)}
-            out = dict(zip(str(a.out_layout), layer.out_shape))
-            groups = int(a.groups)
-            layer.macs = (out["N"] * out["C"] * out["H"] * out["W"] * kdim["I"] * kdim["H"] * kdim["W"])
-            if op == "relax.nn.conv2d_transpose":
-                layer.macs = int(np.prod(layer.in_shape)) * kdim["O"] * kdim["H"] * kdim["W"]
-            layer.attrs = {"kernel": [kdim["H"], kdim["W"]], "strides": [int(s) for s in a.strides],
-                           "padding": [int(p) for p in a.padding],
-                           "dilation": [int(d) for d in a.dilation], "groups": groups,
-                           "channels": [int(dict(zip(str(a.data_layout), layer.in_shape))["C"]),
-                                        out["C"]]}
-        elif op == "relax.matmul" and len(flat) == 2:
-            k = _shape(flat[0])[-1] if _shape(flat[0]) else 0
-            layer.macs = int(np.prod(layer.out_shape)) * k
+        _add_weights(layer, infos)
+        _add_compute(layer, op, val, flat)
         g.add_node(name, layer=layer)
         for a in acts:
             g.add_edge(owner[a], name)
         owner[v] = name
     g.graph["output"] = owner.get(func.body.body) if isinstance(func.body.body, relax.Var) else None
     return g
+
+
+def _flat_args(val, op) -> list:
+    """A binding's arguments, tuples flattened (concat takes one), a call_tir's tensor arguments."""
+    from tvm import relax
+
+    args = list(val.args) if isinstance(val, relax.Call) else (
+        list(val.fields) if isinstance(val, relax.Tuple) else
+        [val.tuple_value] if isinstance(val, relax.TupleGetItem) else [val])
+    if op and op.startswith("call_tir:"):
+        args = list(args[1].fields) if isinstance(args[1], relax.Tuple) else [args[1]]
+    flat = []
+    for a in args:
+        flat.extend(a.fields if isinstance(a, relax.Tuple) else [a])
+    return flat
+
+
+def _add_weights(layer: Layer, infos) -> None:
+    for i in infos:
+        if i:
+            layer.params += i[0]
+            layer.weight_bytes += i[1]
+
+
+def _add_compute(layer: Layer, op, val, flat) -> None:
+    """MACs (and, for convs, kernel/stride/padding/groups/channels) of a conv or matmul layer."""
+    if op in ("relax.nn.conv2d", "relax.nn.conv2d_transpose"):
+        a = val.attrs
+        wshape = _shape(flat[1])
+        kdim = {c: wshape[k] for k, c in enumerate(str(a.kernel_layout))}
+        out = dict(zip(str(a.out_layout), layer.out_shape))
+        layer.macs = (out["N"] * out["C"] * out["H"] * out["W"] * kdim["I"] * kdim["H"] * kdim["W"])
+        if op == "relax.nn.conv2d_transpose":
+            layer.macs = int(np.prod(layer.in_shape)) * kdim["O"] * kdim["H"] * kdim["W"]
+        layer.attrs = {"kernel": [kdim["H"], kdim["W"]], "strides": [int(s) for s in a.strides],
+                       "padding": [int(p) for p in a.padding],
+                       "dilation": [int(d) for d in a.dilation], "groups": int(a.groups),
+                       "channels": [int(dict(zip(str(a.data_layout), layer.in_shape))["C"]), out["C"]]}
+    elif op == "relax.matmul" and len(flat) == 2:
+        k = _shape(flat[0])[-1] if _shape(flat[0]) else 0
+        layer.macs = int(np.prod(layer.out_shape)) * k
 
 
 def layers(mod) -> list[Layer]:
