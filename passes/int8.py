@@ -371,11 +371,29 @@ def quantize_module(mod, activations: dict, method: str = "entropy", keep=(), pe
     """The int8 rewrite of ``mod``'s main (see the module docstring). ``activations``:
     {layer name: float input activations of that layer on calibration data}."""
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    from ..layers import op_name, tvm_ir_update
+    from ..layers import tvm_ir_update
 
     func = mod["main"]
+    units = _quantisable_units(func, keep, activations)
+    binds = _bindings(func)
+    need, src_acts = _activation_scales(units, binds, activations, method, percentile)
+    users: dict = {}
+    for b in binds:
+        for v in relax.analysis.free_vars(b.value):
+            users.setdefault(v, []).append(b)
+    plan = _QuantPlan(unit_of={u.binding.var: u for u in units}, member={v for u in units for v in u.members},
+                      need=need, src_acts=src_acts, activations=activations, users=users,
+                      ret_vars=set(relax.analysis.free_vars(func.body.body)), weight_bits=weight_bits,
+                      bias_correction=bias_correction, records=records if records is not None else [])
+    new_main = _quantizer_class()(mod, plan).visit_expr(func)
+    out = tvm_ir_update(mod, "main", new_main)
+    for k in keep:
+        plan.records.append(LayerRecord(k, "int8", False, "kept float (keep=)"))
+    return relax.transform.Normalize()(out)
+
+
+def _quantisable_units(func, keep, activations) -> list:
     units = find_units(func)
     names = [u.name for u in units]
     unknown = [k for k in keep if k not in names]
@@ -387,13 +405,16 @@ def quantize_module(mod, activations: dict, method: str = "entropy", keep=(), pe
     if missing:
         raise SqccError(f"int8: no calibration activations for layer(s) {', '.join(missing)}; "
                         "give calibration data (--calibration DIR)")
-    binds = _bindings(func)
-    unit_of = {u.binding.var: u for u in units}
-    member = {v for u in units for v in u.members}
-    ret_vars = set(relax.analysis.free_vars(func.body.body))
+    return units
 
-    # ---- scales: every quantised layer's input from its calibration activations, then backwards
-    # through max-pool and concat (their inputs share their output's scale)
+
+def _activation_scales(units, binds, activations, method, percentile):
+    """({var: QParams} every quantised layer's input needs, from its calibration activations, then
+    backwards through max-pool and concat, whose inputs share their output's scale; {var: acts})."""
+    from tvm import relax
+
+    from ..layers import op_name
+
     need: dict = {}
     src_acts: dict = {}
     for u in units:
@@ -414,30 +435,95 @@ def quantize_module(mod, activations: dict, method: str = "entropy", keep=(), pe
             for f in b.value.args[0].fields:
                 if isinstance(f, relax.Var):
                     need.setdefault(f, need[b.var])
+    return need, src_acts
 
-    users: dict = {}
-    for b in binds:
-        for v in relax.analysis.free_vars(b.value):
-            users.setdefault(v, []).append(b)
 
-    def q_consumer(var, b):
-        """Does binding b consume ``var`` as an int8 tensor?"""
-        u = unit_of.get(b.var)
+@dataclass
+class _QuantPlan:
+    """What the quantising mutator reads: the units, the scales each tensor is wanted at, who uses
+    what; and where it writes its records."""
+
+    unit_of: dict  # conv/matmul binding var -> Unit
+    member: set  # vars folded into a unit (its bias add, activation)
+    need: dict  # var -> QParams it is consumed at in int8
+    src_acts: dict
+    activations: dict
+    users: dict  # var -> bindings that read it
+    ret_vars: set
+    weight_bits: int
+    bias_correction: bool
+    records: list
+
+    def q_consumer(self, var, b) -> bool:
+        """Does binding b consume ``var`` as an int8 tensor? (a max-pool / concat whose output is
+        wanted in int8 runs in int8: its inputs are quantised or requantised to its scale)"""
+        from ..layers import op_name
+
+        u = self.unit_of.get(b.var)
         if u is not None and u.data.same_as(var):
             return True
-        # a max-pool / concat whose output is wanted in int8 runs in int8 (its inputs are
-        # quantised or requantised to its scale on demand)
-        return op_name(b.value) in ("relax.nn.max_pool2d", "relax.concat") and b.var in need
+        return op_name(b.value) in ("relax.nn.max_pool2d", "relax.concat") and b.var in self.need
 
-    def needs_float(var):
-        return var in ret_vars or any(not q_consumer(var, b) for b in users.get(var, []))
+    def needs_float(self, var) -> bool:
+        return var in self.ret_vars or any(not self.q_consumer(var, b) for b in self.users.get(var, []))
 
-    recs = records if records is not None else []
+
+def _quantized_weight(u: Unit, weight_bits: int):
+    """(int8 weight in the unit's layout, its dequantised float weight, per-channel scales)."""
+    wq, sw = quantize_weight(u.weight if u.kind == "conv" else u.weight.T, WEIGHT_QMAX[weight_bits])
+    if u.kind == "matmul":
+        return np.ascontiguousarray(wq.T), (wq.astype(np.float32) * sw[:, None]).T, sw
+    return wq, wq.astype(np.float32) * sw[:, None, None, None], sw
+
+
+def _requantize(accf, deq, bias, shape, outq: QParams, act):
+    """int32 accumulator → the next layer's int8 input: scale, bias, round, clip (the fused
+    activation's bounds narrowed onto the int8 range)."""
+    from tvm import relax
+
+    lo, hi = outq.lo, outq.hi
+    lo_f, hi_f = act if act is not None else (None, None)
+    if lo_f is not None:
+        lo = max(lo, int(np.ceil(lo_f / outq.scale - 0.5)))
+    if hi_f is not None:
+        hi = min(hi, int(np.floor(hi_f / outq.scale + 0.5)))
+    y = relax.op.add(relax.op.multiply(accf, _f32((deq / outq.scale).reshape(shape))),
+                     _f32((bias / outq.scale).reshape(shape)))
+    return relax.op.astype(_clip(None, relax.op.round(y), lo, hi), outq.dtype)
+
+
+def _dequantize_output(accf, deq, bias, shape, act):
+    """int32 accumulator → float output, with the unit's fused ReLU / clip."""
+    from tvm import relax
+
+    lo_f, hi_f = act if act is not None else (None, None)
+    y = relax.op.add(relax.op.multiply(accf, _f32(deq.reshape(shape))), _f32(bias.reshape(shape)))
+    if lo_f == 0.0 and hi_f is None:
+        return relax.op.nn.relu(y)
+    if lo_f is not None or hi_f is not None:
+        return _clip(None, y, lo_f if lo_f is not None else -3.4e38, hi_f if hi_f is not None else 3.4e38)
+    return y
+
+
+def _rescale_int8(src, src_qp: QParams, qp: QParams):
+    """An int8 tensor at ``src_qp``'s scale, requantised to ``qp``'s."""
+    from tvm import relax
+
+    y = relax.op.round(relax.op.multiply(relax.op.astype(src, "float32"), _f32(src_qp.scale / qp.scale)))
+    return relax.op.astype(_clip(None, y, qp.lo, qp.hi), qp.dtype)
+
+
+def _quantizer_class():
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    from ..layers import op_name
 
     @mutator
     class _Quantizer(PyExprMutator):
-        def __init__(self, m):
+        def __init__(self, m, plan: _QuantPlan):
             super().__init__(m)
+            self.plan = plan
             self.q = {}  # old var -> {QParams: new int8 var}
 
         def emit(self, expr, var=None):
@@ -450,92 +536,62 @@ def quantize_module(mod, activations: dict, method: str = "entropy", keep=(), pe
             if qp in have:
                 return have[qp]
             if have:  # requantise an int8 version (no float tensor in between)
-                src_qp, src = next(iter(have.items()))
-                y = relax.op.round(relax.op.multiply(relax.op.astype(src, "float32"),
-                                                     _f32(src_qp.scale / qp.scale)))
-                out = self.builder_.emit(relax.op.astype(_clip(None, y, qp.lo, qp.hi), qp.dtype))
+                out = self.builder_.emit(_rescale_int8(*next(iter(have.items()))[::-1], qp))
             else:
                 out = self.builder_.emit(_quantize_expr(self.visit_expr(var), qp))
             have[qp] = out
             return out
 
         def visit_var_binding_(self, binding):
-            v = binding.var
-            if v in member:
+            v, plan = binding.var, self.plan
+            if v in plan.member:
                 return  # folded into its unit (emitted there)
-            if v in unit_of:
-                return self.emit_unit(unit_of[v])
+            if v in plan.unit_of:
+                return self.emit_unit(plan.unit_of[v])
             op = op_name(binding.value)
-            if v in need and op in ("relax.nn.max_pool2d", "relax.concat"):
-                qp = need[v]
+            if v in plan.need and op in ("relax.nn.max_pool2d", "relax.concat"):
+                qp = plan.need[v]
                 if op == "relax.nn.max_pool2d":
                     arg = self.get_q(binding.value.args[0], qp)
                 else:
                     arg = relax.Tuple([self.get_q(f, qp) for f in binding.value.args[0].fields])
                 out = self.builder_.emit(relax.Call(binding.value.op, [arg], binding.value.attrs))
                 self.q.setdefault(v, {})[qp] = out
-                if needs_float(v):
+                if plan.needs_float(v):
                     self.set_var_remap(v, self.emit(_dequantize_expr(out, qp.scale), v))
                 return
             return super().visit_var_binding_(binding)
 
         def emit_unit(self, u: Unit):
-            qin = need[u.data]
-            xq = self.get_q(u.data, qin)
-            wq, sw = quantize_weight(u.weight if u.kind == "conv" else u.weight.T,
-                                     WEIGHT_QMAX[weight_bits])
-            if u.kind == "matmul":
-                wq, w_dq = np.ascontiguousarray(wq.T), (wq.astype(np.float32) * sw[:, None]).T
-            else:
-                w_dq = wq.astype(np.float32) * sw[:, None, None, None]
+            plan = self.plan
+            qin = plan.need[u.data]
+            wq, w_dq, sw = _quantized_weight(u, plan.weight_bits)
             n = len(sw)
             bias = u.bias if u.bias is not None else np.zeros(n, np.float32)
             corr = np.zeros(n, np.float32)
-            if bias_correction:
-                corr = _bias_correction(u, w_dq, src_acts.get(u.data, activations[u.name]), qin)
+            if plan.bias_correction:
+                corr = _bias_correction(u, w_dq, plan.src_acts.get(u.data, plan.activations[u.name]), qin)
                 bias = bias + corr
-            acc = self.builder_.emit(_int8_call(u, xq, wq), u.name + "_i32")
+            acc = self.builder_.emit(_int8_call(u, self.get_q(u.data, qin), wq), u.name + "_i32")
             accf = relax.op.astype(acc, "float32")
-            deq = (qin.scale * sw).astype(np.float32)
-            shape = _chan_shape(u, n)
-            lo_f, hi_f = u.act if u.act is not None else (None, None)
-            outq = need.get(u.out)
+            deq, shape = (qin.scale * sw).astype(np.float32), _chan_shape(u, n)
+            outq = plan.need.get(u.out)
             detail = f"in {qin.dtype} (scale {qin.scale:.4g})" + (
-                f", weights |w| ≤ {WEIGHT_QMAX[weight_bits]}" if weight_bits != 8 else "")
+                f", weights |w| ≤ {WEIGHT_QMAX[plan.weight_bits]}" if plan.weight_bits != 8 else "")
             if outq is not None:
-                lo, hi = outq.lo, outq.hi
-                if lo_f is not None:
-                    lo = max(lo, int(np.ceil(lo_f / outq.scale - 0.5)))
-                if hi_f is not None:
-                    hi = min(hi, int(np.floor(hi_f / outq.scale + 0.5)))
-                y = relax.op.add(relax.op.multiply(accf, _f32((deq / outq.scale).reshape(shape))),
-                                 _f32((bias / outq.scale).reshape(shape)))
-                qv = self.builder_.emit(relax.op.astype(_clip(None, relax.op.round(y), lo, hi),
-                                                        outq.dtype), u.name + "_q")
+                qv = self.builder_.emit(_requantize(accf, deq, bias, shape, outq, u.act), u.name + "_q")
                 self.q.setdefault(u.out, {})[outq] = qv
                 detail += f" → out {outq.dtype} (scale {outq.scale:.4g})"
-            if outq is None or needs_float(u.out):
-                y = relax.op.add(relax.op.multiply(accf, _f32(deq.reshape(shape))),
-                                 _f32(bias.reshape(shape)))
-                if lo_f == 0.0 and hi_f is None:
-                    y = relax.op.nn.relu(y)
-                elif lo_f is not None or hi_f is not None:
-                    y = _clip(None, y, lo_f if lo_f is not None else -3.4e38,
-                              hi_f if hi_f is not None else 3.4e38)
-                self.set_var_remap(u.out, self.emit(y, u.out))
+            if outq is None or plan.needs_float(u.out):
+                self.set_var_remap(u.out, self.emit(_dequantize_output(accf, deq, bias, shape, u.act), u.out))
                 detail += " → out float32"
-            if bias_correction:
+            if plan.bias_correction:
                 detail += f"; bias corrected (mean |shift| {float(np.abs(corr).mean()):.3g})"
-            werr = rel_error(u.weight if u.kind == "conv" else u.weight, w_dq)
-            params = int(u.weight.size) + n
-            macs = _macs(u)
-            recs.append(LayerRecord(u.name, "int8", True, detail, params, params, macs, macs, werr))
+            params, macs = int(u.weight.size) + n, _macs(u)
+            plan.records.append(LayerRecord(u.name, "int8", True, detail, params, params, macs, macs,
+                                            rel_error(u.weight, w_dq)))
 
-    new_main = _Quantizer(mod).visit_expr(func)
-    out = tvm_ir_update(mod, "main", new_main)
-    for k in keep:
-        recs.append(LayerRecord(k, "int8", False, "kept float (keep=)"))
-    return relax.transform.Normalize()(out)
+    return _Quantizer
 
 
 def _macs(u: Unit) -> int:
