@@ -215,109 +215,178 @@ def fold_qdq(mod, records: list | None = None, requant: str = "float"):
     if requant not in REQUANT_MODES:
         raise SqccError(f"qdq_fold: requant must be one of {', '.join(REQUANT_MODES)}, not {requant!r}")
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     from ..layers import op_name, tvm_ir_update
 
     func = mod["main"]
-    binds = _bindings(func)
-    by_var = {b.var: b for b in binds}
-    users: dict = {}
-    for b in binds:
-        for v in relax.analysis.free_vars(b.value):
-            users.setdefault(v, []).append(b)
-    ret_vars = set(relax.analysis.free_vars(func.body.body))
-    qc = _qconsts(binds)
-
-    def sole(var):
-        us = users.get(var, [])
-        return us[0] if len(us) == 1 and var not in ret_vars else None
-
-    plans = {}  # conv var -> plan dict
-    for b in binds:
-        if op_name(b.value) != "relax.nn.conv2d":
-            continue
-        d, wv = b.value.args
-        db = by_var.get(d)
-        if db is None or op_name(db.value) != "relax.dequantize" or wv not in qc:
-            continue
-        s_x, z_x = _scalar(db.value.args[1]), _scalar(db.value.args[2])
-        x_q = db.value.args[0]
-        if s_x is None or z_x is None or str(x_q.ty.dtype) != "int8":
-            continue
-        wq, ws, wz = qc[wv]
-        if np.any(wz != 0) or wq.min() < -128 or wq.max() > 127:
-            continue
-        a = b.value.attrs
-        klay, olay = str(a.kernel_layout), str(a.out_layout)
-        oax = klay.index("O")
-        o = wq.shape[oax]
-        groups = int(a.groups)
-        s_w_all = np.moveaxis(ws, oax, 0).reshape(o, -1)
-        if not np.allclose(s_w_all, s_w_all[:, :1]):
-            continue
-        s_w = s_w_all[:, 0]
-        if groups > 1 and klay.index("I") >= 0 and wq.shape[klay.index("I")] == 1 and o == groups:
-            pass  # depthwise: one input channel per output channel
-        wsum = np.moveaxis(wq, oax, 0).reshape(o, -1).sum(axis=1)
-        cur = b.var
-        bias = np.zeros(o)
-        bias_int = np.zeros(o, np.int64)  # the bias in units of s_x·s_w[o] (TFLite's int32 bias)
-        exact_bias = True
-        nxt = sole(cur)
-        members = []
-        if nxt is not None and op_name(nxt.value) == "relax.add":
-            other = nxt.value.args[1] if nxt.value.args[0].same_as(cur) else nxt.value.args[0]
-            if other in qc:
-                bq, bs, bz = qc[other]
-                if bq.size == o:
-                    bias = ((bq - bz) * bs).reshape(-1)
-                    bias_int = (bq - bz).reshape(-1)
-                    exact_bias = np.allclose(bs.reshape(-1), s_x * s_w, rtol=1e-5)
-                    members.append(nxt.var)
-                    cur = nxt.var
-                    nxt = sole(cur)
-        if nxt is None or op_name(nxt.value) != "relax.quantize":
-            continue
-        s_y, z_y = _scalar(nxt.value.args[1]), _scalar(nxt.value.args[2])
-        if s_y is None or z_y is None or str(nxt.var.ty.dtype) != "int8":
-            continue
-        members.append(nxt.var)
-        cur = nxt.var
-        lo, hi = -128.0, 127.0
-        nxt = sole(cur)
-        if nxt is not None and op_name(nxt.value) == "relax.clip":
-            try:
-                lo = max(lo, float(nxt.value.args[1].value))
-                hi = min(hi, float(nxt.value.args[2].value))
-                members.append(nxt.var)
-                cur = nxt.var
-            except Exception:
-                pass
-        m = s_x * s_w / s_y
-        z_x += 128  # the kernel reads x + 128 as uint8 (see _Folder.shifted)
-        if exact_bias:
-            # TFLite's arithmetic: integer offset (bias − z_x·ΣW) added to the int32 accumulator,
-            # then one multiply and round-half-away-from-zero, then the output zero point
-            koff = (bias_int - int(z_x) * wsum).astype(np.int32)
-            add = None
-        else:
-            koff = None
-            add = (bias - z_x * s_x * s_w * wsum) / s_y
-        plans[b.var] = dict(x_q=x_q, z_x=z_x, wq=wq.astype(np.int8), attrs=a, m=m, add=add, koff=koff,
-                            z_y=z_y, lo=lo,
-                            hi=hi, out=cur, members=members, olay=olay, o=o)
-
-    pools = _int_avg_pools(binds, by_var) if requant == "fixed" else {}
+    g = _Graph(func)
+    plans = {b.var: p for b in g.binds if op_name(b.value) == "relax.nn.conv2d"
+             for p in [_match_conv(b, g)] if p is not None}
+    pools = _int_avg_pools(g.binds, g.by_var) if requant == "fixed" else {}
     if not plans and not pools:
         return mod
-    member_vars = {v for p in plans.values() for v in p["members"]}
-    recs = records if records is not None else []
+    folder = _folder_class()(mod, plans, pools, requant, records if records is not None else [])
+    out = tvm_ir_update(mod, "main", folder.visit_expr(func))
+    out = relax.transform.DeadCodeElimination(["main"])(out)
+    return relax.transform.Normalize()(out)
+
+
+class _Graph:
+    """main's bindings with what matching needs: who produces and who uses each var, the
+    quantised constants, the returned vars."""
+
+    def __init__(self, func):
+        from tvm import relax
+
+        self.binds = _bindings(func)
+        self.by_var = {b.var: b for b in self.binds}
+        self.users: dict = {}
+        for b in self.binds:
+            for v in relax.analysis.free_vars(b.value):
+                self.users.setdefault(v, []).append(b)
+        self.ret_vars = set(relax.analysis.free_vars(func.body.body))
+        self.qc = _qconsts(self.binds)
+
+    def sole(self, var):
+        """The one binding that uses ``var`` (None if several, none, or it is returned)."""
+        us = self.users.get(var, [])
+        return us[0] if len(us) == 1 and var not in self.ret_vars else None
+
+
+def _match_conv(b, g: _Graph) -> dict | None:
+    """match → check: a conv2d binding fed by a dequantised int8 input and per-output-channel int8
+    weights, then an optional constant bias add, a quantize to int8 and an optional clip; its
+    fold plan, or None where any piece does not fit."""
+    from ..layers import op_name
+
+    d, wv = b.value.args
+    db = g.by_var.get(d)
+    if db is None or op_name(db.value) != "relax.dequantize" or wv not in g.qc:
+        return None
+    s_x, z_x, x_q = _scalar(db.value.args[1]), _scalar(db.value.args[2]), db.value.args[0]
+    if s_x is None or z_x is None or str(x_q.ty.dtype) != "int8":
+        return None
+    wq, ws, wz = g.qc[wv]
+    a = b.value.attrs
+    oax = str(a.kernel_layout).index("O")
+    o = wq.shape[oax]
+    s_w_all = np.moveaxis(ws, oax, 0).reshape(o, -1)
+    if np.any(wz != 0) or wq.min() < -128 or wq.max() > 127 or not np.allclose(s_w_all, s_w_all[:, :1]):
+        return None
+    s_w = s_w_all[:, 0]
+    members, cur = [], b.var
+    bias, bias_int, exact_bias, cur = _match_bias(g, cur, o, s_x * s_w, members)
+    out = _match_output(g, cur, members)
+    if out is None:
+        return None
+    s_y, z_y, lo, hi, cur = out
+    m = s_x * s_w / s_y
+    z_x += 128  # the kernel reads x + 128 as uint8 (see _Folder.shifted)
+    wsum = np.moveaxis(wq, oax, 0).reshape(o, -1).sum(axis=1)
+    if exact_bias:
+        # TFLite's arithmetic: integer offset (bias − z_x·ΣW) added to the int32 accumulator,
+        # then one multiply and round-half-away-from-zero, then the output zero point
+        koff, add = (bias_int - int(z_x) * wsum).astype(np.int32), None
+    else:
+        koff, add = None, (bias - z_x * s_x * s_w * wsum) / s_y
+    return dict(x_q=x_q, z_x=z_x, wq=wq.astype(np.int8), attrs=a, m=m, add=add, koff=koff, z_y=z_y, lo=lo,
+                hi=hi, out=cur, members=members, olay=str(a.out_layout), o=o)
+
+
+def _match_bias(g: _Graph, cur, o: int, s_acc, members: list):
+    """(float bias, int32 bias in units of s_x·s_w — TFLite's, whether those units hold, the var
+    after it) for a constant per-channel add right after the conv; zeros when there is none."""
+    from ..layers import op_name
+
+    nxt = g.sole(cur)
+    if nxt is not None and op_name(nxt.value) == "relax.add":
+        other = nxt.value.args[1] if nxt.value.args[0].same_as(cur) else nxt.value.args[0]
+        if other in g.qc and g.qc[other][0].size == o:
+            bq, bs, bz = g.qc[other]
+            members.append(nxt.var)
+            return (((bq - bz) * bs).reshape(-1), (bq - bz).reshape(-1),
+                    np.allclose(bs.reshape(-1), s_acc, rtol=1e-5), nxt.var)
+    return np.zeros(o), np.zeros(o, np.int64), True, cur
+
+
+def _match_output(g: _Graph, cur, members: list):
+    """(s_y, z_y, lo, hi, last var) for the quantize to int8 (and an optional clip) that must
+    follow; None without one."""
+    from ..layers import op_name
+
+    nxt = g.sole(cur)
+    if nxt is None or op_name(nxt.value) != "relax.quantize":
+        return None
+    s_y, z_y = _scalar(nxt.value.args[1]), _scalar(nxt.value.args[2])
+    if s_y is None or z_y is None or str(nxt.var.ty.dtype) != "int8":
+        return None
+    members.append(nxt.var)
+    cur, lo, hi = nxt.var, -128.0, 127.0
+    nxt = g.sole(cur)
+    if nxt is not None and op_name(nxt.value) == "relax.clip":
+        try:
+            lo = max(lo, float(nxt.value.args[1].value))
+            hi = min(hi, float(nxt.value.args[2].value))
+            members.append(nxt.var)
+            cur = nxt.var
+        except Exception:  # noqa: BLE001 -- a clip with non-constant bounds stays as it is
+            pass
+    return s_y, z_y, lo, hi, cur
+
+
+def _requant_fixed(acc, p, shape):
+    """int32 accumulator → int8 by TFLite's integer arithmetic (offset, fixed-point multiply,
+    zero point, clamp)."""
+    from tvm import relax
+
+    koff = p["koff"]
+    if koff is None:  # float bias not in TFLite's int32 units: nearest integer offset
+        koff = np.round(p["add"] / p["m"]).astype(np.int32)
+    y = fixed_point_requant(relax.op.add(acc, relax.const(koff.reshape(shape))), p["m"], shape)
+    y = relax.op.add(y, relax.const(np.int32(p["z_y"])))
+    y = relax.op.maximum(relax.op.minimum(y, relax.const(np.int32(p["hi"]))), relax.const(np.int32(p["lo"])))
+    return relax.op.astype(y, "int8")
+
+
+def _requant_float(acc, p, shape):
+    """int32 accumulator → int8 as XNNPACK does it (LiteRT's CPU path): fp32 multiply, round to
+    nearest even, zero point, clamp."""
+    from tvm import relax
+
+    if p["koff"] is not None:
+        acc = relax.op.add(acc, relax.const(p["koff"].reshape(shape)))
+    y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(p["m"].astype(np.float32).reshape(shape)))
+    if p["add"] is not None:
+        y = relax.op.add(y, relax.const(p["add"].astype(np.float32).reshape(shape)))
+    y = relax.op.add(relax.op.round(y), relax.const(np.float32(p["z_y"])))
+    y = relax.op.maximum(relax.op.minimum(y, relax.const(np.float32(p["hi"]))), relax.const(np.float32(p["lo"])))
+    return relax.op.astype(y, "int8")
+
+
+def _int_avg_pool_expr(x, p):
+    """TFLite's integer average pool: window sum in int32 (a depthwise conv with ones), then
+    (sum ± n/2) / n truncated, i.e. round half away from zero. No float. (sum, result)."""
+    from tvm import relax
+
+    lay = p["layout"]
+    c = int(x.ty.shape[lay.index("C")])
+    kh, kw = p["pool"]
+    ones = np.ones((kh, kw, 1, c) if lay == "NHWC" else (c, 1, kh, kw), np.int8)
+    acc = relax.op.nn.conv2d(x, relax.const(ones), strides=p["strides"], padding=[0, 0, 0, 0], groups=c,
+                             data_layout=lay, kernel_layout="HWIO" if lay == "NHWC" else "OIHW", out_dtype="int32")
+    return acc, (kh * kw, (kh * kw) // 2)
+
+
+def _folder_class():
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
     class _Folder(PyExprMutator):
-        def __init__(self, m):
+        def __init__(self, m, plans, pools, requant, recs):
             super().__init__(m)
+            self.plans, self.pools, self.requant, self.recs = plans, pools, requant, recs
+            self.members = {v for p in plans.values() for v in p["members"]}
             self.u8 = {}
 
         def shifted(self, var):
@@ -332,18 +401,24 @@ def fold_qdq(mod, records: list | None = None, requant: str = "float"):
 
         def visit_var_binding_(self, binding):
             v = binding.var
-            if v in member_vars:
+            if v in self.members:
                 return
-            if v in pools:
-                self._int_avg_pool(v, pools[v])
-                return
-            p = plans.get(v)
+            if v in self.pools:
+                return self._int_avg_pool(v, self.pools[v])
+            p = self.plans.get(v)
             if p is None:
                 return super().visit_var_binding_(binding)
+            acc = self.builder_.emit(self._int8_conv(p), v.name + "_i32")
+            shape = [1, 1, 1, 1]
+            shape[p["olay"].index("C")] = p["o"]
+            if self.requant == "fixed":
+                return self._emit_out(p, v, _requant_fixed(acc, p, shape), "fixed-point")
+            self._emit_out(p, v, _requant_float(acc, p, shape), "fp32")
+
+        def _int8_conv(self, p):
             a = p["attrs"]
             x, zx = self.shifted(p["x_q"]), int(p["z_x"])
-            pad = [int(t) for t in a.padding]
-            dl = str(a.data_layout)
+            pad, dl = [int(t) for t in a.padding], str(a.data_layout)
             if any(pad) and zx != 0:  # pad with the zero point explicitly (a real 0)
                 pt, pl, pb, pr = pad
                 width = []
@@ -351,60 +426,24 @@ def fold_qdq(mod, records: list | None = None, requant: str = "float"):
                     width += [pt, pb] if ax == "H" else [pl, pr] if ax == "W" else [0, 0]
                 x = self.builder_.emit(relax.op.nn.pad(x, width, pad_value=float(zx)))
                 pad = [0, 0, 0, 0]
-            acc = self.builder_.emit(relax.op.nn.conv2d(
+            return relax.op.nn.conv2d(
                 x, relax.const(p["wq"]), strides=[int(s) for s in a.strides], padding=pad,
                 dilation=[int(d) for d in a.dilation], groups=int(a.groups), data_layout=dl,
-                kernel_layout=str(a.kernel_layout), out_layout=p["olay"], out_dtype="int32"),
-                v.name + "_i32")
-            shape = [1, 1, 1, 1]
-            shape[p["olay"].index("C")] = p["o"]
-            if requant == "fixed":
-                koff = p["koff"]
-                if koff is None:  # float bias not in TFLite's int32 units: nearest integer offset
-                    koff = np.round(p["add"] / p["m"]).astype(np.int32)
-                acc = relax.op.add(acc, relax.const(koff.reshape(shape)))
-                y = fixed_point_requant(acc, p["m"], shape)
-                y = relax.op.add(y, relax.const(np.int32(p["z_y"])))
-                y = relax.op.maximum(relax.op.minimum(y, relax.const(np.int32(p["hi"]))),
-                                     relax.const(np.int32(p["lo"])))
-                self._emit_out(p, v, relax.op.astype(y, "int8"), "fixed-point")
-                return
-            if p["koff"] is not None:
-                acc = relax.op.add(acc, relax.const(p["koff"].reshape(shape)))
-            y = relax.op.multiply(relax.op.astype(acc, "float32"),
-                                  relax.const(p["m"].astype(np.float32).reshape(shape)))
-            if p["add"] is not None:
-                y = relax.op.add(y, relax.const(p["add"].astype(np.float32).reshape(shape)))
-            # round to nearest even, as XNNPACK's fp32 requantisation (LiteRT's CPU path) does
-            y = relax.op.round(y)
-            y = relax.op.add(y, relax.const(np.float32(p["z_y"])))
-            y = relax.op.maximum(relax.op.minimum(y, relax.const(np.float32(p["hi"]))),
-                                 relax.const(np.float32(p["lo"])))
-            self._emit_out(p, v, relax.op.astype(y, "int8"), "fp32")
+                kernel_layout=str(a.kernel_layout), out_layout=p["olay"], out_dtype="int32")
 
         def _int_avg_pool(self, v, p):
-            """TFLite's integer average pool: window sum in int32 (a depthwise conv with ones),
-            then (sum ± n/2) / n truncated, i.e. round half away from zero. No float."""
-            x = self.visit_expr(p["x"])
-            lay = p["layout"]
-            c = int(x.ty.shape[lay.index("C")])
-            kh, kw = p["pool"]
-            ones = np.ones((kh, kw, 1, c) if lay == "NHWC" else (c, 1, kh, kw), np.int8)
-            acc = self.builder_.emit(relax.op.nn.conv2d(
-                x, relax.const(ones), strides=p["strides"], padding=[0, 0, 0, 0], groups=c,
-                data_layout=lay, kernel_layout="HWIO" if lay == "NHWC" else "OIHW", out_dtype="int32"),
-                v.name + "_sum")
-            n, half = kh * kw, (kh * kw) // 2
-            pos = relax.op.floor_divide(relax.op.add(acc, relax.const(np.int32(half))),
-                                        relax.const(np.int32(n)))
+            sum_expr, (n, half) = _int_avg_pool_expr(self.visit_expr(p["x"]), p)
+            acc = self.builder_.emit(sum_expr, v.name + "_sum")
+            pos = relax.op.floor_divide(relax.op.add(acc, relax.const(np.int32(half))), relax.const(np.int32(n)))
             neg = relax.op.negative(relax.op.floor_divide(
                 relax.op.subtract(relax.const(np.int32(half)), acc), relax.const(np.int32(n))))
             out = relax.op.where(relax.op.greater_equal(acc, relax.const(np.int32(0))), pos, neg)
             new = self.builder_.emit(out, v.name) if isinstance(v, relax.DataflowVar) else \
                 self.builder_.emit_output(out, v.name)
             self.set_var_remap(v, new)
-            recs.append(LayerRecord(v.name, "qdq_fold", True,
-                                    f"integer average pool {kh}×{kw} (int32 sum, rounded division)"))
+            kh, kw = p["pool"]
+            self.recs.append(LayerRecord(v.name, "qdq_fold", True,
+                                         f"integer average pool {kh}×{kw} (int32 sum, rounded division)"))
 
         def _emit_out(self, p, v, out, how):
             o_var = p["out"]
@@ -413,14 +452,11 @@ def fold_qdq(mod, records: list | None = None, requant: str = "float"):
             else:
                 new = self.builder_.emit_output(out, o_var.name)
             self.set_var_remap(o_var, new)
-            recs.append(LayerRecord(v.name, "qdq_fold", True,
-                                    f"int8×int8→int32, groups={int(p['attrs'].groups)}, zero point "
-                                    f"{int(p['z_x'])}, {how} requantisation"))
+            self.recs.append(LayerRecord(v.name, "qdq_fold", True,
+                                         f"int8×int8→int32, groups={int(p['attrs'].groups)}, zero point "
+                                         f"{int(p['z_x'])}, {how} requantisation"))
 
-    new_main = _Folder(mod).visit_expr(func)
-    out = tvm_ir_update(mod, "main", new_main)
-    out = relax.transform.DeadCodeElimination(["main"])(out)
-    return relax.transform.Normalize()(out)
+    return _Folder
 
 
 def is_int8_tflite(model) -> bool:
