@@ -21,6 +21,37 @@ def _progress(verbose):
     return say
 
 
+def _check_types(target, passes, preprocess, calibration_limit, calibration_views, tuning, input_shapes):
+    """The API's arguments of the wrong kind, said in one line each before any work (the CLI's
+    strings always have the right kind)."""
+    from pathlib import Path
+
+    from .models import Preprocess
+
+    def bad(name, value, want):
+        raise SqccError(f"sqcc.compile: {name}={value!r:.60}: expected {want}")
+
+    if target is not None and not isinstance(target, str):
+        bad("target", target, "a target name such as 'host' or 'arm_cpu:rpi4'")
+    if isinstance(passes, (str, bytes)) or not hasattr(passes, "__iter__"):
+        bad("passes", passes, "a list of pass specs such as ['lowrank:rank=0.5']")
+    for k, spec in enumerate(passes):
+        if not (isinstance(spec, str) or (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str)
+                                          and isinstance(spec[1], dict))):
+            bad(f"passes[{k}]", spec, "a pass spec string like 'lowrank:rank=0.5', or (name, {params})")
+    if preprocess is not None and not isinstance(preprocess, (str, Preprocess)):
+        bad("preprocess", preprocess, "a recipe string or a sqcc.Preprocess")
+    if input_shapes is not None and not isinstance(input_shapes, (str, dict, list, tuple)):
+        bad("input_shapes", input_shapes, "'name:1,3,224,224' or {'name': (1, 3, 224, 224)}")
+    for name, v in (("calibration_limit", calibration_limit), ("calibration_views", calibration_views)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            bad(name, v, "a positive integer")
+    if tuning is not None and not isinstance(tuning, Tuning):
+        bad("tuning", tuning, "sqcc.Tuning(records=PATH)")
+    if tuning is not None and not isinstance(tuning.records, (str, Path)):
+        bad("tuning.records", tuning.records, "a path")
+
+
 def compile(model, target: str = "host", passes=(), input_shapes=None, calibration=None,
             budget=None, tuning: Tuning | None = None, eval_images=None, check: bool = True,
             dump_ir=None, force: bool = False, progress=False, calibration_limit: int = 32,
@@ -40,6 +71,8 @@ def compile(model, target: str = "host", passes=(), input_shapes=None, calibrati
     a labelled folder to measure accuracy and agreement on. ``check``: compare with the original
     model (onnxruntime / LiteRT) on random inputs.
     """
+    _check_types(target=target, passes=passes, preprocess=preprocess, calibration_limit=calibration_limit,
+                 calibration_views=calibration_views, tuning=tuning, input_shapes=input_shapes)
     say = progress if callable(progress) else _progress(progress)
     if refine and (budget is None or calibration is None):
         raise SqccError("--refine re-chooses a budget plan's techniques on calibration images: it needs "

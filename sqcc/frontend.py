@@ -126,6 +126,19 @@ def check_tensor_sizes(m: Model, shown: str, memory: int | None = None) -> None:
 
 # ----------------------------------------------------------------------------------------------- ONNX
 
+def _input_dtype(vi, shown: str) -> str:
+    from onnx import helper
+
+    elem = vi.type.tensor_type.elem_type
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(elem)
+    except (KeyError, ValueError, TypeError):
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf":
+        raise SqccError(f"{shown}: input '{vi.name}' has element type {elem}, not a numeric tensor type")
+    return dtype.name
+
+
 def _onnx_dims(vi):
     t = vi.type.tensor_type
     if not t.HasField("shape"):
@@ -136,7 +149,6 @@ def _onnx_dims(vi):
 
 def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     import onnx
-    from onnx import helper
 
     try:
         proto = onnx.load_from_string(data)
@@ -149,6 +161,8 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     except Exception as e:
         raise SqccError(f"{shown}: ONNX checker rejected the model: {one_line(e, first=True)}") from e
 
+    if len(proto.graph.output) == 0:
+        raise SqccError(f"{shown}: not a usable ONNX model (the graph declares no outputs)")
     inits = {i.name for i in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in inits]
     unknown = set(input_shapes) - {i.name for i in graph_inputs}
@@ -158,7 +172,7 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     shape_dict, dtype_dict, inputs, notes = {}, {}, [], []
     for vi in graph_inputs:
         dims = _onnx_dims(vi)
-        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+        dtype = _input_dtype(vi, shown)
         if vi.name in input_shapes:
             shape = tuple(input_shapes[vi.name])
             if dims is not None and len(dims) != len(shape):
@@ -366,13 +380,17 @@ def read_tensor_file(path) -> np.ndarray:
         raise SqccError(f"{path}: expected a .npy file or an ONNX TensorProto .pb")
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        from onnx import TensorProto, numpy_helper
+            arr = np.load(path, allow_pickle=False)
+        else:
+            from onnx import TensorProto, numpy_helper
 
-        t = TensorProto()
-        t.ParseFromString(path.read_bytes())
-        return numpy_helper.to_array(t)
+            t = TensorProto()
+            t.ParseFromString(path.read_bytes())
+            arr = numpy_helper.to_array(t)
     except FileNotFoundError:
         raise SqccError(f"{path}: no such file") from None
     except Exception as e:  # noqa: BLE001 -- a corrupt file is the user's to fix: name it
         raise SqccError(f"{path}: cannot read a tensor ({type(e).__name__})") from None
+    if arr.dtype.kind not in "biuf":
+        raise SqccError(f"{path}: holds {arr.dtype} values, not a numeric tensor")
+    return arr

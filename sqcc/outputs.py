@@ -31,6 +31,25 @@ def check_writable(path, flag: str, kind: str = "file") -> Path:
     p = Path(path)
     if not str(path).strip():
         raise SqccError(f"{flag}: empty path")
+    try:
+        return _check_writable(p, path, flag, kind)
+    except OSError as e:  # a name too long, a loop of links: whatever the file system says
+        raise SqccError(f"{flag} {_short(path)}: {e.strerror or type(e).__name__}") from None
+
+
+_TEMP_EXTRA = len("..") + 8 + len(".tmp")  # atomic_write's ".NAME.XXXXXXXX.tmp"
+
+
+def _short(path) -> str:
+    s = str(path)
+    return s if len(s) <= 80 else s[:60] + f"…({len(s)} characters)"
+
+
+def _check_writable(p: Path, path, flag: str, kind: str) -> Path:
+    name_max = os.pathconf(_nearest_existing(p.parent), "PC_NAME_MAX")
+    if len(os.fsencode(p.name)) + _TEMP_EXTRA > name_max:  # atomic_write's temp name must fit too
+        raise SqccError(f"{flag} {_short(path)}: file name too long ({len(os.fsencode(p.name))} bytes; "
+                        f"at most {name_max - _TEMP_EXTRA} here)")
     if p.exists():
         if kind == "file" and p.is_dir():
             raise SqccError(f"{flag} {path}: is a directory; give a file name")

@@ -118,7 +118,12 @@ class Package:
             raise SqccError(f"the model takes {len(specs)} input(s), {len(arrs)} given")
         out = []
         for a, s in zip(arrs, specs):
-            a = np.asarray(a)
+            try:
+                a = np.asarray(a)
+            except ValueError as e:  # ragged nested lists
+                raise SqccError(f"input '{s.name}': not an array ({one_line(e)})") from None
+            if a.dtype.kind not in "biuf":
+                raise SqccError(f"input '{s.name}': {a.dtype} values given, {s.dtype} numbers expected")
             if tuple(a.shape) != tuple(s.shape):
                 raise SqccError(f"input '{s.name}': shape {list(a.shape)} given, {list(s.shape)} expected")
             out.append(np.ascontiguousarray(a.astype(s.dtype, copy=False)))
@@ -403,11 +408,41 @@ def _load_library(path: Path, lib: Path, family: str):
         return None
     import tvm
 
+    why = elf_problem(lib)
+    if why is not None:  # dlopen maps the file: a truncated one kills the process with SIGBUS
+        raise SqccError(f"{path}: lib.so is not a loadable shared library ({why}); tampered with or corrupt")
     try:
         with quiet_vm_scope_warnings():
             return tvm.runtime.load_module(str(lib))
     except Exception as e:
         raise SqccError(f"{path}: cannot load the compiled library ({one_line(e)})") from e
+
+
+def elf_problem(lib: Path) -> str | None:
+    """Why ``lib`` is not a whole ELF shared object (None when it is): the header, and every
+    program segment and the section table inside the file. A sha256 only proves the file is what
+    the manifest says, and a hostile manifest can say anything."""
+    import struct
+
+    size = lib.stat().st_size
+    with open(lib, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            return "not a 64-bit little-endian ELF file"
+        e_type, = struct.unpack_from("<H", head, 16)
+        phoff, shoff = struct.unpack_from("<QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 54)
+        if e_type != 3:
+            return f"ELF type {e_type}, not a shared object"
+        if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size or phentsize < 56:
+            return f"headers reach past the end of the file ({size} bytes)"
+        f.seek(phoff)
+        table = f.read(phnum * phentsize)
+    for k in range(phnum):
+        _, _, offset, _, _, filesz = struct.unpack_from("<IIQQQQ", table, k * phentsize)
+        if offset + filesz > size:
+            return f"segment {k} reaches past the end of the file (truncated: {size} bytes)"
+    return None
 
 
 def load(path) -> Package:

@@ -6,11 +6,12 @@ mapping file name → class index.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
-from .errors import SqccError
+from .errors import SqccError, one_line
 from .models import Preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
@@ -38,6 +39,10 @@ def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None
             img = im.convert("L" if pre.mode in ("grey", "int8_bytes") or pre.size == (28, 28) else "RGB")
     except FileNotFoundError:
         raise SqccError(f"{path}: no such image") from None
+    except Image.DecompressionBombError as e:
+        pixels = re.search(r"\((\d+) pixels\)", one_line(e))
+        size = f"{pixels.group(1)} pixels" if pixels else one_line(e)
+        raise SqccError(f"{path}: image too large to decode ({size})") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise SqccError(f"{path}: cannot decode image ({e.__class__.__name__})") from None
     crop, _, flip = view.partition("+")

@@ -503,3 +503,17 @@ def test_real_package_round_trip(tmp_path, capsys):
     assert main(["run", str(path), "--input", str(tmp_path / "x.npy")]) == 0
     assert main(["inspect", str(path)]) == 0
     assert "mnist-8" in capsys.readouterr().out
+
+
+def test_truncated_library_is_refused_before_dlopen(tmp_path, capsys):
+    """Fuzz finding c00417: a lib.so cut short, with the manifest's hashes and sizes made to match,
+    killed `sqcc run` with SIGBUS inside dlopen. Now the ELF is checked first."""
+    import sqcc
+
+    lib = sqcc.compile("mnist-8", target="host").lib_bytes()
+    for cut in (len(lib) // 2, len(lib) - 64, 40):
+        path = make_pkg(tmp_path, mem=members(lib=lib[:cut]), family="host", name=f"cut{cut}.tar")
+        with pytest.raises(SqccError) as e:
+            load(path)
+        assert "lib.so is not a loadable shared library" in one_line_error(e)
+    assert load(make_pkg(tmp_path, mem=members(lib=lib), family="host", name="whole.tar")).executable is not None

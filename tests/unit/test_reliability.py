@@ -220,3 +220,65 @@ def test_a_kill_in_the_middle_of_writing_leaves_the_previous_file(tmp_path):
 
     atomic_write(out, lambda f: f.write(b"next package"))  # the next run writes over it normally
     assert out.read_bytes() == b"next package"
+
+
+# ------------------------------------------------------------------ fuzz findings (benchmarks/fuzz, smoke500)
+
+def test_decompression_bomb_image_is_one_line(tmp_path):
+    """c00237: a 64x64 PNG whose header declares 2^31 - 1 pixels."""
+    import struct
+    import zlib
+
+    from sqcc.models import Preprocess
+    from sqcc.preprocess import load_image
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2 ** 31 - 1, 1, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    (tmp_path / "bomb.png").write_bytes(png)
+    with pytest.raises(SqccError, match=r"bomb\.png: image too large to decode \(2147483647 pixels\)"):
+        load_image(tmp_path / "bomb.png", Preprocess())
+
+
+def test_output_name_longer_than_the_file_system_allows(tmp_path):
+    """c00091: -o with a 304-character name."""
+    with pytest.raises(SqccError, match=r"file name too long \(304 bytes; at most \d+ here\)"):
+        outputs.check_writable(tmp_path / ("a" * 300 + ".tar"), "-o")
+    with pytest.raises(SqccError, match=r"^--output .*characters\): File name too long$"):
+        outputs.check_writable(tmp_path / ("a/" * 3000 + "x.npy"), "--output")
+
+
+def test_onnx_input_without_a_numeric_type_and_graph_without_outputs():
+    """c00421 (elem_type 0) and c00280 (graph.output removed)."""
+    m = _conv_model(1)
+    m.graph.input[0].type.tensor_type.elem_type = 0
+    with pytest.raises(SqccError, match="input 'x' has element type 0, not a numeric tensor type"):
+        frontend.load(m, name="m")
+    m = _conv_model(1)
+    del m.graph.output[:]
+    with pytest.raises(SqccError, match=r"the graph declares no outputs"):
+        frontend.load(m, name="m")
+
+
+def test_tensor_file_of_records_or_strings_is_refused(tmp_path):
+    """c00172: a .npy of dtype V8 (np.load reads it without pickle; it is still not a tensor)."""
+    np.save(tmp_path / "v.npy", np.zeros(3, dtype="V8"))
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    for f, kind in (("v.npy", "V8"), ("s.npy", "<U1")):
+        with pytest.raises(SqccError, match=f"holds \\|?{kind} values, not a numeric tensor"):
+            frontend.read_tensor_file(tmp_path / f)
+
+
+@pytest.mark.parametrize("kwargs, why", [({"passes": [123]}, r"passes\[0\]=123: expected a pass spec"),
+                                         ({"passes": "lowrank"}, "passes='lowrank': expected a list"),
+                                         ({"preprocess": 7}, "preprocess=7: expected a recipe"),
+                                         ({"target": 5}, "target=5: expected a target name"),
+                                         ({"calibration_limit": 0}, "calibration_limit=0: expected a positive")])
+def test_api_arguments_of_the_wrong_kind(kwargs, why):
+    """c00214, c00257: sqcc.compile(..., passes=[123]) / preprocess=7 raised TypeError / AttributeError."""
+    import sqcc
+
+    with pytest.raises(SqccError, match=why):
+        sqcc.compile(_conv_model(1), **kwargs)
