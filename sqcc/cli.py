@@ -413,6 +413,7 @@ def cmd_tune(args):
         raise SqccError(f"--trials {args.trials}: must be at least 1")
     records = args.records or default_records(spec)
     outputs.check_writable(records, "--records")
+    outputs.make_parent(records, "--records")  # said like every other output's new directory
     m = frontend.load(args.model, args.input_shape)
     mod = m.mod
     if args.passes:
