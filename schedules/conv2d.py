@@ -26,6 +26,8 @@ The schedule is the classic direct-convolution micro-kernel:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tvm import tirx
 from tvm.s_tir import Schedule
 
@@ -223,83 +225,13 @@ def _schedule_conv(func: tirx.PrimFunc, info: CpuInfo, fuse: bool) -> Schedule:
     pads = [p for p in sch.get_producers(main) if has_condition(sch, p)
             and all(t == DATA_PAR for t in iter_types(sch, p))]
     inline_spatial_except(sch, [main, *pads])
-
-    types = iter_types(sch, main)
-    nsp = types.index(COMM_REDUCE) if COMM_REDUCE in types else len(types)
-    if any(t != COMM_REDUCE for t in types[nsp:]) or nsp < 1:
-        raise ValueError("reduction loops are not innermost")
-    if fuse and nsp > 2:
-        _fuse_pixels(sch, main, nsp)
-        nsp = 2
-    loops = sch.get_loops(main)
-    if len(loops) != len(iter_types(sch, main)):
-        raise ValueError("loops do not map 1:1 to block iterators")
-    s_loops, r_loops = list(loops[:nsp]), list(loops[nsp:])
-    o_ext = loop_extent(sch, s_loops[-1])
-    p_ext = loop_extent(sch, s_loops[-2]) if nsp >= 2 else 1
-    if o_ext is None or p_ext is None:
-        raise ValueError("dynamic shape")
-
-    pi_f, oi_f = choose_tile(p_ext, o_ext, info, group_width=_group_width(sch, main, o_ext))
-    oo, oi = sch.split(s_loops[-1], [None, oi_f])
-    pad_whole = False
-    weights_outer = False
-    if nsp >= 2:
-        n_ptiles = p_ext // pi_f
-        # Loop order: keep the bigger operand in cache. Weights (K x O) bigger than the input
-        # (P x K), e.g. a 1x1 conv to 1000 classes on 13x13 pixels: channel blocks outermost so a
-        # weight slab is reused by every pixel tile. Otherwise pixel tiles outermost so the input
-        # rows (and their padding) are reused by every channel block.
-        weights_outer = o_ext > p_ext
-        if weights_outer:
-            po, pi = sch.split(s_loops[-2], [None, pi_f])
-            pad_whole = True
-            outer = [oo, *s_loops[:-2], po]  # channel blocks outside every pixel loop
-        else:
-            # pixel tiles -> [chunks, tiles per chunk, pi]; a chunk is the unit padding is
-            # materialised for: a few rows, a few chunks per core, dividing the tile count (see
-            # choose_tile) and a multiple of the core count; failing that, pad the input up front.
-            chunks = n_ptiles
-            if pads and n_ptiles > 4 * info.num_cores:
-                want = 4 * info.num_cores
-                good = [d for d in divisors(n_ptiles)
-                        if d % info.num_cores == 0 and d <= 2 * want]
-                if good:
-                    chunks = max(good)
-                else:
-                    pad_whole = True
-            pc, ps, pi = sch.split(s_loops[-2], [chunks, n_ptiles // chunks, pi_f])
-            outer = list(s_loops[:-2]) + [pc, ps, oo]
-        inner = [pi, oi]
-    else:
-        pi, outer, inner = None, [oo], [oi]
-    sch.reorder(*outer, *r_loops, *inner)
-    tile_loop = outer[-1]
-
-    # Parallel: the shortest prefix of the outer loops that gives every core several iterations --
-    # unless the whole kernel is too small to pay for a fork/join (see PARALLEL_MIN_FLOPS).
-    par_loops, ext = [], 1
-    work = 2
-    for iv in sch.get(main).iter_vars:
-        work *= int(iv.dom.extent)
-    for lp in (outer if work >= PARALLEL_MIN_FLOPS else []):
-        if ext >= 8 * info.num_cores:
-            break
-        par_loops.append(lp)
-        ext *= loop_extent(sch, lp) or 1
-    if any(lp.same_as(oo) for lp in par_loops):
-        pad_whole = True  # padding at a loop over channel blocks would be recomputed per block
-
-    # Accumulate the register tile in 'local' and write it back once, with the epilogue fused in.
-    wb = sch.cache_write(main, 0, "local")
-    sch.reverse_compute_at(wb, tile_loop, preserve_unit_loops=True)
-    for c in sch.get_consumers(wb):
-        try:
-            sch.reverse_compute_inline(c)
-        except Exception:  # noqa: BLE001 -- a non-elementwise epilogue: computed per tile instead
-            sch.reverse_compute_at(c, tile_loop)
-    vectorize_innermost_own(sch, wb, tile_loop)  # before fuse() invalidates tile_loop
-
+    s_loops, r_loops = _split_loops(sch, main, fuse)
+    t = _tile(sch, main, s_loops, bool(pads), info)
+    sch.reorder(*t.outer, *r_loops, *t.inner)
+    tile_loop = t.outer[-1]
+    par_loops = _parallel_prefix(sch, main, t.outer, info)
+    pad_whole = t.pad_whole or any(lp.same_as(t.oo) for lp in par_loops)  # else recomputed per block
+    _fuse_epilogue(sch, main, tile_loop)
     pad_at = par_loops[-1] if par_loops and not pad_whole else None
     for p in pads:
         try:
@@ -310,11 +242,10 @@ def _schedule_conv(func: tirx.PrimFunc, info: CpuInfo, fuse: bool) -> Schedule:
                 vectorize_innermost_own(sch, p, pad_at)
         except Exception:  # noqa: BLE001
             sch.compute_inline(p)
-
     anchor = parallel_fused(sch, par_loops, tile_loop)
-    sch.vectorize(oi)
-    if pi is not None:
-        sch.unroll(pi)
+    sch.vectorize(t.oi)
+    if t.pi is not None:
+        sch.unroll(t.pi)
     # Last: parallel/vectorize check the block is a complete reduction, which it no longer is once
     # its init is split off.
     if r_loops:
@@ -322,6 +253,93 @@ def _schedule_conv(func: tirx.PrimFunc, info: CpuInfo, fuse: bool) -> Schedule:
         init_loops = own_loops(sch, init, anchor)
         if init_loops:
             sch.vectorize(init_loops[-1])
-        if pi is not None and len(init_loops) >= 2:
+        if t.pi is not None and len(init_loops) >= 2:
             sch.unroll(init_loops[-2])
     return sch
+
+
+def _split_loops(sch: Schedule, main, fuse: bool):
+    """(spatial loops, reduction loops) of the conv block, output pixels fused into one loop when
+    ``fuse``; ValueError for a shape the template does not handle."""
+    types = iter_types(sch, main)
+    nsp = types.index(COMM_REDUCE) if COMM_REDUCE in types else len(types)
+    if any(t != COMM_REDUCE for t in types[nsp:]) or nsp < 1:
+        raise ValueError("reduction loops are not innermost")
+    if fuse and nsp > 2:
+        _fuse_pixels(sch, main, nsp)
+        nsp = 2
+    loops = sch.get_loops(main)
+    if len(loops) != len(iter_types(sch, main)):
+        raise ValueError("loops do not map 1:1 to block iterators")
+    return list(loops[:nsp]), list(loops[nsp:])
+
+
+@dataclass
+class _Tiles:
+    outer: list  # loops outside the reduction, outermost first
+    inner: list  # the register tile: [pixels, channels] or [channels]
+    oo: object  # the channel-block loop
+    oi: object  # channels within a block (vectorised)
+    pi: object  # pixels within a tile (unrolled), or None
+    pad_whole: bool  # materialise the padding up front instead of per chunk
+
+
+def _tile(sch: Schedule, main, s_loops, has_pads: bool, info: CpuInfo) -> _Tiles:
+    """Split pixels and output channels into the register tile and order the outer loops."""
+    nsp = len(s_loops)
+    o_ext = loop_extent(sch, s_loops[-1])
+    p_ext = loop_extent(sch, s_loops[-2]) if nsp >= 2 else 1
+    if o_ext is None or p_ext is None:
+        raise ValueError("dynamic shape")
+    pi_f, oi_f = choose_tile(p_ext, o_ext, info, group_width=_group_width(sch, main, o_ext))
+    oo, oi = sch.split(s_loops[-1], [None, oi_f])
+    if nsp < 2:
+        return _Tiles([oo], [oi], oo, oi, None, False)
+    n_ptiles = p_ext // pi_f
+    # Loop order: keep the bigger operand in cache. Weights (K x O) bigger than the input
+    # (P x K), e.g. a 1x1 conv to 1000 classes on 13x13 pixels: channel blocks outermost so a
+    # weight slab is reused by every pixel tile. Otherwise pixel tiles outermost so the input
+    # rows (and their padding) are reused by every channel block.
+    if o_ext > p_ext:
+        po, pi = sch.split(s_loops[-2], [None, pi_f])
+        return _Tiles([oo, *s_loops[:-2], po], [pi, oi], oo, oi, pi, True)  # channel blocks outermost
+    # pixel tiles -> [chunks, tiles per chunk, pi]; a chunk is the unit padding is materialised
+    # for: a few rows, a few chunks per core, dividing the tile count (see choose_tile) and a
+    # multiple of the core count; failing that, pad the input up front.
+    chunks, pad_whole = n_ptiles, False
+    if has_pads and n_ptiles > 4 * info.num_cores:
+        want = 4 * info.num_cores
+        good = [d for d in divisors(n_ptiles) if d % info.num_cores == 0 and d <= 2 * want]
+        if good:
+            chunks = max(good)
+        else:
+            pad_whole = True
+    pc, ps, pi = sch.split(s_loops[-2], [chunks, n_ptiles // chunks, pi_f])
+    return _Tiles(list(s_loops[:-2]) + [pc, ps, oo], [pi, oi], oo, oi, pi, pad_whole)
+
+
+def _parallel_prefix(sch: Schedule, main, outer, info: CpuInfo) -> list:
+    """The shortest prefix of the outer loops that gives every core several iterations -- none when
+    the whole kernel is too small to pay for a fork/join (see PARALLEL_MIN_FLOPS)."""
+    par_loops, ext = [], 1
+    work = 2
+    for iv in sch.get(main).iter_vars:
+        work *= int(iv.dom.extent)
+    for lp in (outer if work >= PARALLEL_MIN_FLOPS else []):
+        if ext >= 8 * info.num_cores:
+            break
+        par_loops.append(lp)
+        ext *= loop_extent(sch, lp) or 1
+    return par_loops
+
+
+def _fuse_epilogue(sch: Schedule, main, tile_loop) -> None:
+    """Accumulate the register tile in 'local' and write it back once, with the epilogue fused in."""
+    wb = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(wb, tile_loop, preserve_unit_loops=True)
+    for c in sch.get_consumers(wb):
+        try:
+            sch.reverse_compute_inline(c)
+        except Exception:  # noqa: BLE001 -- a non-elementwise epilogue: computed per tile instead
+            sch.reverse_compute_at(c, tile_loop)
+    vectorize_innermost_own(sch, wb, tile_loop)  # before fuse() invalidates tile_loop
