@@ -329,56 +329,14 @@ def schedule_dot_conv(sch: Schedule, main, isa: str) -> None:
     """Dot-product schedule (``isa`` in :data:`KERNELS`) for an NHWC 8-bit conv with [KH, KW, C, O]
     int8 weights (raises if it does not fit)."""
     lanes, depth, max_regs, intrins = KERNELS[isa]
-    blk = sch.get(main)
-    types = iter_types(sch, main)
-    if types != [0, 0, 0, 0, COMM_REDUCE, COMM_REDUCE, COMM_REDUCE]:
-        raise ValueError("not an NHWC conv2d block")
-    out_buf = blk.writes[0].source
-    reads = [r.source for r in blk.reads if r.source != out_buf]
-    if len(reads) != 2:
-        raise ValueError("not a two-operand multiply-accumulate")
-    # uint8 × int8: the weight is the int8 operand; int8 × int8: topi reads data first, weight second
-    data, weight = (reads[1], reads[0]) if str(reads[0].dtype) == "int8" and \
-        str(reads[1].dtype) == "uint8" else (reads[0], reads[1])
-    if str(data.dtype) not in intrins:
-        raise ValueError(f"{isa} kernel cannot take {data.dtype} activations")
-    if len(weight.shape) != 4:
-        raise ValueError("weight is not KH×KW×C×O")
-    kh, kw, c, o = (int(d) for d in weight.shape)
-    if c % depth or o % lanes:
-        raise ValueError(f"channels do not fit {lanes}×{depth} blocks")
-    data_idx = [i for i, r in enumerate(blk.reads) if r.source == data][0]
-    w_idx = [i for i, r in enumerate(blk.reads) if r.source == weight][0]
-
+    data, weight, w_idx = _dot_operands(sch, main, isa)
+    o = int(weight.shape[3])
     pads = [p for p in sch.get_producers(main) if has_condition(sch, p)]
-    # Inline the epilogue chain into its last block.
-    changed = True
-    while changed:
-        changed = False
-        for b in root_blocks(sch):
-            if b == main or any(sch.get_sref(b) == sch.get_sref(p) for p in pads):
-                continue
-            if is_reduction(sch, b):
-                continue
-            try:
-                sch.compute_inline(b)
-                changed = True
-                break
-            except Exception:
-                continue
-
-    # Weight packing: [ry, rx, c, o] -> [ry, rx, c/k, o/L, L, k]
-    wpack = sch.cache_read(main, w_idx, "global")
-    sch.transform_layout(wpack, ("write", 0),
-                         lambda ry, rx, cc, oo: (ry, rx, cc // depth, oo // lanes, oo % lanes, cc % depth))
-    # Marked as a layout-rewrite preprocess: relax.transform.SplitLayoutRewritePreproc moves it
-    # out of the kernel and FoldConstant then packs the (constant) weights once, at build time.
-    # Without those passes the packing simply runs at the start of every call.
-    sch.annotate(wpack, "meta_schedule.layout_rewrite_preproc", True)
+    _inline_epilogue_chain(sch, main, pads)
+    wpack = _pack_weights(sch, main, w_idx, depth, lanes)
 
     n, h, w, f, ry, rx, rc = sch.get_loops(main)
-    w_ext = loop_extent(sch, w)
-    wi_f, nv = _tile(w_ext, o // lanes, max_regs)
+    wi_f, nv = _tile(loop_extent(sch, w), o // lanes, max_regs)
     fo, fv, f16 = sch.split(f, [None, nv, lanes])
     wo, wi = sch.split(w, [None, wi_f])
     rco, rc4 = sch.split(rc, [None, depth])
@@ -409,7 +367,60 @@ def schedule_dot_conv(sch: Schedule, main, isa: str) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(f16, intrins[str(data.dtype)])
     sch.vectorize(sch.get_loops(acc)[-1])
-    del data_idx
+
+
+def _dot_operands(sch: Schedule, main, isa: str):
+    """(activation buffer, weight buffer, the weight's read index) of an NHWC conv block the
+    ``isa`` kernel can take; ValueError saying why not otherwise."""
+    lanes, depth, _, intrins = KERNELS[isa]
+    blk = sch.get(main)
+    if iter_types(sch, main) != [0, 0, 0, 0, COMM_REDUCE, COMM_REDUCE, COMM_REDUCE]:
+        raise ValueError("not an NHWC conv2d block")
+    out_buf = blk.writes[0].source
+    reads = [r.source for r in blk.reads if r.source != out_buf]
+    if len(reads) != 2:
+        raise ValueError("not a two-operand multiply-accumulate")
+    # uint8 × int8: the weight is the int8 operand; int8 × int8: topi reads data first, weight second
+    data, weight = (reads[1], reads[0]) if str(reads[0].dtype) == "int8" and \
+        str(reads[1].dtype) == "uint8" else (reads[0], reads[1])
+    if str(data.dtype) not in intrins:
+        raise ValueError(f"{isa} kernel cannot take {data.dtype} activations")
+    if len(weight.shape) != 4:
+        raise ValueError("weight is not KH×KW×C×O")
+    _, _, c, o = (int(d) for d in weight.shape)
+    if c % depth or o % lanes:
+        raise ValueError(f"channels do not fit {lanes}×{depth} blocks")
+    return data, weight, [i for i, r in enumerate(blk.reads) if r.source == weight][0]
+
+
+def _inline_epilogue_chain(sch: Schedule, main, pads) -> None:
+    """Inline every elementwise block but the conv and its padding, until none is left."""
+    changed = True
+    while changed:
+        changed = False
+        for b in root_blocks(sch):
+            if b == main or any(sch.get_sref(b) == sch.get_sref(p) for p in pads):
+                continue
+            if is_reduction(sch, b):
+                continue
+            try:
+                sch.compute_inline(b)
+                changed = True
+                break
+            except Exception:
+                continue
+
+
+def _pack_weights(sch: Schedule, main, w_idx: int, depth: int, lanes: int):
+    """Weight packing: [ry, rx, c, o] -> [ry, rx, c/k, o/L, L, k], marked as a layout-rewrite
+    preprocess: relax.transform.SplitLayoutRewritePreproc moves it out of the kernel and
+    FoldConstant then packs the (constant) weights once, at build time. Without those passes the
+    packing simply runs at the start of every call."""
+    wpack = sch.cache_read(main, w_idx, "global")
+    sch.transform_layout(wpack, ("write", 0),
+                         lambda ry, rx, cc, oo: (ry, rx, cc // depth, oo // lanes, oo % lanes, cc % depth))
+    sch.annotate(wpack, "meta_schedule.layout_rewrite_preproc", True)
+    return wpack
 
 
 def schedule_int8(func: tirx.PrimFunc, info=None, target: Target | None = None):
