@@ -605,8 +605,6 @@ def permute_layer(mod, layer, in_perm=None, out_perm=None, weight=None, groups=1
     shape N × C/groups × 1 × 1; default: the layer's own weight permuted, groups=1) and bias correction
     ``delta`` (original output order). Permutations are folded into neighbours when ``fold`` and
     possible, otherwise emitted as gathers. Returns (mod, info dict)."""
-    from tvm import relax
-
     mod = uniquify_names(mod)
     ir = ChannelIR(mod)
     if layer not in ir.bindings or ir.op.get(layer) != "relax.nn.conv2d":
@@ -618,49 +616,70 @@ def permute_layer(mod, layer, in_perm=None, out_perm=None, weight=None, groups=1
     sigma = np.arange(n) if out_perm is None else np.asarray(out_perm)
     if weight is None:
         weight = w[sigma][:, pi]
-    x_name = val.args[0].name
     info = {"input": "identity", "output": "identity", "absorbed": []}
     plan = Plan()
-    in_fold = out_fold = False
-    ident_in = np.array_equal(pi, np.arange(c))
-    ident_out = np.array_equal(sigma, np.arange(n))
-    if ir.dup:
-        fold = False
-    if not ident_in:
-        try:
-            if not fold:
-                raise NoFold("folding disabled")
-            p, root = plan_up(ir, x_name, pi, layer)
-            plan.merge(p)
-            in_fold = True
-            info["input"] = f"folded into {root}"
-            info["absorbed"] += p.absorbed
-        except NoFold as e:
-            info["input"] = f"gather ({e})"
-    # the bias binding right after the conv (if the conv's only user is an add with a constant)
+    fold = fold and not ir.dup
+    in_fold = not np.array_equal(pi, np.arange(c)) and _fold_input(ir, val.args[0].name, pi, layer, fold, plan, info)
+    delta = _fold_bias_correction(ir, layer, n, delta, plan)
+    out_fold = not np.array_equal(sigma, np.arange(n)) and _fold_output(ir, layer, sigma, fold, plan, info)
+    emit = _grouped_conv(val, layer, pi, sigma, weight, groups, delta, in_fold, out_fold)
+    out = apply_plan(mod, plan, replace={layer: emit})
+    info["input_perms"] = plan.input_perms
+    return out, info
+
+
+def _fold_input(ir, x_name, pi, layer, fold, plan, info) -> bool:
+    """Fold the input permutation into the producers upstream; False (a gather) where it cannot."""
+    try:
+        if not fold:
+            raise NoFold("folding disabled")
+        p, root = plan_up(ir, x_name, pi, layer)
+    except NoFold as e:
+        info["input"] = f"gather ({e})"
+        return False
+    plan.merge(p)
+    info["input"] = f"folded into {root}"
+    info["absorbed"] += p.absorbed
+    return True
+
+
+def _fold_output(ir, layer, sigma, fold, plan, info) -> bool:
+    """Fold the output permutation into the consumers downstream; False (a gather) where it cannot."""
+    try:
+        if not fold:
+            raise NoFold("folding disabled")
+        p = Plan()
+        plan_down(ir, layer, sigma, p)
+    except NoFold as e:
+        info["output"] = f"gather ({e})"
+        return False
+    plan.merge(p)
+    info["output"] = "folded into " + ", ".join(p.absorbed)
+    info["absorbed"] += p.absorbed
+    return True
+
+
+def _fold_bias_correction(ir, layer, n, delta, plan):
+    """Add ``delta`` to the constant bias right after the conv (its only user), if there is one;
+    returns what is left to add (None when folded)."""
     users = ir.users.get(layer, [])
-    bias = None
-    if len(users) == 1 and ir.op.get(users[0][0]) in ("relax.add",):
-        cc = ir.channel_const_axis(users[0][0], n)
-        if cc is not None and cc[1] is not None:
-            bias = users[0][0]
-    if delta is not None and np.any(delta != 0) and bias is not None:
-        d = np.asarray(delta, np.float32)
-        plan.consts.setdefault(bias, []).insert(0, (cc[0], lambda a, d=d, ax=cc[1]: a + d.reshape(
-            [-1 if i == ax else 1 for i in range(a.ndim)]).astype(a.dtype)))
-        delta = None
-    if not ident_out:
-        try:
-            if not fold:
-                raise NoFold("folding disabled")
-            p = Plan()
-            plan_down(ir, layer, sigma, p)
-            plan.merge(p)
-            out_fold = True
-            info["output"] = "folded into " + ", ".join(p.absorbed)
-            info["absorbed"] += p.absorbed
-        except NoFold as e:
-            info["output"] = f"gather ({e})"
+    if delta is None or not np.any(delta != 0) or len(users) != 1 or ir.op.get(users[0][0]) != "relax.add":
+        return delta
+    cc = ir.channel_const_axis(users[0][0], n)
+    if cc is None or cc[1] is None:
+        return delta
+    d = np.asarray(delta, np.float32)
+    plan.consts.setdefault(users[0][0], []).insert(0, (cc[0], lambda a, d=d, ax=cc[1]: a + d.reshape(
+        [-1 if i == ax else 1 for i in range(a.ndim)]).astype(a.dtype)))
+    return None
+
+
+def _grouped_conv(val, layer, pi, sigma, weight, groups, delta, in_fold, out_fold):
+    """The replacement's emitter: gather in (unless folded), the grouped conv, gather out (unless
+    folded), the bias correction not folded into a bias."""
+    from tvm import relax
+
+    ident_in, ident_out = np.array_equal(pi, np.arange(len(pi))), np.array_equal(sigma, np.arange(len(sigma)))
     inv_sigma = np.argsort(sigma)
 
     def emit(builder, _ir, visit):
@@ -668,21 +687,18 @@ def permute_layer(mod, layer, in_perm=None, out_perm=None, weight=None, groups=1
         if not ident_in and not in_fold:
             x = take_channels(builder, x, pi, f"{layer}__perm_in")
         a = val.attrs
-        conv = relax.op.nn.conv2d(x, relax.const(np.ascontiguousarray(weight, dtype=np.float32)),
-                                  strides=[int(s) for s in a.strides], padding=[int(q) for q in a.padding],
-                                  dilation=[int(d) for d in a.dilation], groups=int(groups))
-        y = conv
+        y = relax.op.nn.conv2d(x, relax.const(np.ascontiguousarray(weight, dtype=np.float32)),
+                               strides=[int(s) for s in a.strides], padding=[int(q) for q in a.padding],
+                               dilation=[int(d) for d in a.dilation], groups=int(groups))
         if not ident_out and not out_fold:
-            y = relax.op.take(builder.emit(conv, f"{layer}__grouped"),
+            y = relax.op.take(builder.emit(y, f"{layer}__grouped"),
                               relax.const(inv_sigma.astype("int64")), axis=1, mode="clip")
         if delta is not None and np.any(delta != 0):
-            d = np.asarray(delta, np.float32)[sigma if out_fold else np.arange(n)]
+            d = np.asarray(delta, np.float32)[sigma if out_fold else np.arange(len(sigma))]
             y = relax.op.add(builder.emit(y, f"{layer}__nobias"), relax.const(d.reshape(1, -1, 1, 1)))
         return y
 
-    out = apply_plan(mod, plan, replace={layer: emit})
-    info["input_perms"] = plan.input_perms
-    return out, info
+    return emit
 
 
 # ------------------------------------------------------------------------------------------ pass
