@@ -41,7 +41,8 @@ def _check_types(target, passes, preprocess, calibration_limit, calibration_view
             bad(f"passes[{k}]", spec, "a pass spec string like 'lowrank:rank=0.5', or (name, {params})")
     if preprocess is not None and not isinstance(preprocess, (str, Preprocess)):
         bad("preprocess", preprocess, "a recipe string or a sqcc.Preprocess")
-    if input_shapes is not None and not isinstance(input_shapes, (str, dict, list, tuple)):
+    if input_shapes is not None and not (isinstance(input_shapes, (str, dict)) or (
+            isinstance(input_shapes, (list, tuple)) and all(isinstance(x, str) for x in input_shapes))):
         bad("input_shapes", input_shapes, "'name:1,3,224,224' or {'name': (1, 3, 224, 224)}")
     for name, v in (("calibration_limit", calibration_limit), ("calibration_views", calibration_views)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
