@@ -275,10 +275,23 @@ def test_tensor_file_of_records_or_strings_is_refused(tmp_path):
                                          ({"passes": "lowrank"}, "passes='lowrank': expected a list"),
                                          ({"preprocess": 7}, "preprocess=7: expected a recipe"),
                                          ({"target": 5}, "target=5: expected a target name"),
-                                         ({"calibration_limit": 0}, "calibration_limit=0: expected a positive")])
+                                         ({"calibration_limit": 0}, "calibration_limit=0: expected a positive"),
+                                         ({"input_shapes": [1, 1, 28, 28]}, r"input_shapes=\[1, 1, 28, 28\]: expected")])
 def test_api_arguments_of_the_wrong_kind(kwargs, why):
     """c00214, c00257: sqcc.compile(..., passes=[123]) / preprocess=7 raised TypeError / AttributeError."""
     import sqcc
 
     with pytest.raises(SqccError, match=why):
         sqcc.compile(_conv_model(1), **kwargs)
+
+
+def test_benchmark_arguments_of_the_wrong_kind():
+    """run10k c00313: pkg.benchmark(repeat='2') raised TypeError."""
+    import sqcc
+
+    pkg = sqcc.compile(_conv_model(1))
+    for kwargs, why in (({"repeat": "2"}, "--repeat '2': expected an integer"),
+                        ({"warmup": -1}, "--warmup -1: must not be negative"),
+                        ({"threads": 1.5}, "--threads 1.5: expected an integer")):
+        with pytest.raises(SqccError, match=why):
+            pkg.benchmark(**kwargs)
