@@ -169,7 +169,7 @@ def tune(mod: tvm.IRModule, target, trials: int, records_path: str,
                         num_trials_per_iter=min(num_trials_per_iter, budgets[i]),
                         builder=builder, runner=runner, database=db,
                         measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                           _progress_callback(bar, i)],
+                                           _progress_callback(bar, i, runner)],
                         cost_model=cost_model)
                     bar.finish(i, *_count_records(db, task.dispatched[0]))
         except Exception:
@@ -216,7 +216,16 @@ def _commit_defaults(plan, db, target, builder, runner, left: int) -> int:
             entry[1] = 1
             entry[2] = _count_records(db, entry[0].dispatched[0])[1]
             left -= 1
+        _check_runner(runner)
     return left
+
+
+def _check_runner(runner) -> None:
+    """Stop tuning with the runner's SqccError when it has one: sqcc's farm runner
+    (:func:`sqcc.remote.rpc_runner`) when no node of its key is left."""
+    check = getattr(runner, "check", None)
+    if callable(check):
+        check()
 
 
 def allocate_trials(plan, left: int, cap: int | None = None, step: int = 16) -> list[int]:
@@ -353,7 +362,7 @@ class _Progress:
         self.p.update(self.rows[i], completed=n, best=self._fmt(best))
 
 
-def _progress_callback(bar: _Progress, i: int):
+def _progress_callback(bar: _Progress, i: int, runner=None):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
@@ -370,6 +379,7 @@ def _progress_callback(bar: _Progress, i: int):
                         s = sum(rs) / len(rs)
                         best = s if best is None else min(best, s)
             bar.advance(i, len(runner_results), best)
+            _check_runner(runner)  # after AddToDatabase: this batch's records are in the database
 
     return _Cb()
 

@@ -16,7 +16,12 @@ device by key. ``start`` launches, as separate processes,
 Everything binds to loopback unless ``host`` is given (an RPC server executes whatever it is sent).
 Each process is started in its own session (process group); its PID and group are recorded in
 ``$SQCC_CACHE/farm/state.json`` and ``stop`` ends the whole group (the servers fork workers that
-would otherwise be orphaned), by PID, never by name.
+would otherwise be orphaned), and any descendant that left it, by PID, never by name. The
+processes' own children die with them (PR_SET_PDEATHSIG, see ``_CHILD_HOOK``), so a node or
+tracker killed by its PID is gone as a whole, not half-alive. ``status`` tells a tracker that is
+down, hung or replaced by another process, and nodes that are dead, waiting for the tracker or
+unregistered; ``start`` on a farm that is partly down brings it back (tracker restarted on its
+port, nodes re-registered or restarted).
 
 A real board joins the same farm the way TVM users already know::
 
@@ -24,6 +29,7 @@ A real board joins the same farm the way TVM users already know::
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -359,6 +365,120 @@ def _reap(pid: int) -> None:
         pass
 
 
+def farm_processes(state: dict | None = None) -> list:
+    """psutil Processes of the farm now: each recorded leader, the members of its process group and
+    every descendant of those (the tracker's and servers' workers, the sessions they fork, qemu)."""
+    import psutil
+
+    state = state if state is not None else (_read_state() or {})
+    found = {}
+
+    def add(p):
+        try:
+            if p.pid not in found and p.status() != psutil.STATUS_ZOMBIE:
+                found[p.pid] = p
+        except psutil.Error:
+            pass
+
+    for pr in state.get("procs", []):
+        if not _ours(pr):
+            continue
+        roots = [pr["pid"], *group_members(pr["pgid"])]
+        for pid in roots:
+            try:
+                p = psutil.Process(pid)
+            except psutil.Error:
+                continue
+            add(p)
+            try:
+                for c in p.children(recursive=True):
+                    add(c)
+            except psutil.Error:
+                pass
+    return list(found.values())
+
+
+# A farm process's children end with it (Linux PR_SET_PDEATHSIG): TVM's tracker and rpc_server do
+# their work in a worker process (tvm.exec.popen_worker) and a server forks one more per session, so
+# killing the PID the farm recorded would otherwise leave a node that still serves (and stays
+# registered) or a tracker that still answers, while ``status`` calls them dead. The farm's
+# processes load this file as ``sitecustomize`` through PYTHONPATH (with SQCC_FARM_CHILD=1); every
+# process except the recorded group leader -- whose parent, ``sqcc farm start``, exits -- asks the
+# kernel for SIGKILL when its parent goes, in fresh interpreters and in forked children alike.
+_CHILD_HOOK = '''"""Written by sqcc farm (see sqcc/farm.py): a farm process's children end when it does."""
+import os
+
+
+def _sqcc_farm_child():
+    if os.environ.get("SQCC_FARM_CHILD") != "1":
+        return
+    try:
+        import ctypes
+        import signal
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, ImportError):
+        return
+
+    def die_with_parent():
+        if os.getpid() == os.getpgrp():  # the farm's recorded process: its parent exits at once
+            return
+        prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        try:
+            orphan = os.getpgid(os.getppid()) != os.getpgrp()  # the parent already went
+        except OSError:
+            orphan = True
+        if orphan:
+            os._exit(1)
+
+    die_with_parent()
+    os.register_at_fork(after_in_child=die_with_parent)
+
+
+_sqcc_farm_child()
+del _sqcc_farm_child
+
+# then the sitecustomize this one shadows, if any (Debian's python3 ships one)
+def _sqcc_next_sitecustomize():
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for d in sys.path:
+        f = os.path.join(os.path.abspath(d or "."), "sitecustomize.py")
+        if os.path.dirname(f) != here and os.path.isfile(f):
+            with open(f) as fh:
+                exec(compile(fh.read(), f, "exec"), {"__name__": "sitecustomize", "__file__": f})
+            return
+
+
+_sqcc_next_sitecustomize()
+del _sqcc_next_sitecustomize
+'''
+
+
+def _child_hook(where: Path) -> bool:
+    """Write the child hook as ``where/sitecustomize.py``; False when it cannot be written."""
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        f = where / "sitecustomize.py"
+        if not f.exists() or f.read_text() != _CHILD_HOOK:
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text(_CHILD_HOOK)
+            os.replace(tmp, f)
+        return True
+    except OSError:
+        return False
+
+
+def _with_child_hook(env: dict, hook_dir: Path | str | None) -> dict:
+    """``env`` with the child hook on PYTHONPATH (``hook_dir`` as the process sees it; None: none)."""
+    env = dict(env)
+    if hook_dir is not None:
+        env["SQCC_FARM_CHILD"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (str(hook_dir), env.get("PYTHONPATH")) if x)
+    return env
+
+
 # ------------------------------------------------------------------------------- tracker queries
 
 def parse_address(addr, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -443,6 +563,9 @@ def _write_state(state: dict) -> None:
     os.replace(tmp, _state_file())
 
 
+REREGISTER_WAIT = 20.0  # a live node re-registers with a restarted tracker within TVM's retry (5 s) + ping (2 s)
+
+
 def _node_cmd(key: str, host: str, port: int, threads: int | None) -> tuple[list, dict, dict]:
     """(command, env, facts) for a node with ``key``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TVM_NUM_THREADS")}
@@ -454,10 +577,12 @@ def _node_cmd(key: str, host: str, port: int, threads: int | None) -> tuple[list
         root = root_dir()
         cenv = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
                 "TVM_NUM_THREADS": str(nthreads)}
-        return (["chroot", str(root), "/venv/bin/python", *server_args], cenv,
+        hook = "/opt/sqcc-farm" if _child_hook(root / "opt" / "sqcc-farm") else None
+        return (["chroot", str(root), "/venv/bin/python", *server_args], _with_child_hook(cenv, hook),
                 {"emulated": True, "arch": "aarch64", "threads": nthreads, "root": str(root),
                  "device": f"aarch64 emulated by qemu-user on this machine ({_host_cpu()})"})
-    return ([sys.executable, *server_args], env,
+    hook = state_dir() / "pyhook"
+    return ([sys.executable, *server_args], _with_child_hook(env, hook if _child_hook(hook) else None),
             {"emulated": False, "arch": os.uname().machine, "threads": nthreads, "device": _host_cpu()})
 
 
@@ -469,15 +594,113 @@ def _host_cpu() -> str:
         return os.uname().machine
 
 
-def start(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, nodes=DEFAULT_NODES, threads: int | None = None,
+def _check_emulated(keys, say) -> None:
+    """Root, the cached Debian root and binfmt for the emulated nodes among ``keys``."""
+    if not any(k in EMULATED_KEYS for k in keys):
+        return
+    if os.geteuid() != 0:
+        raise SqccError("the emulated aarch64 node runs TVM's rpc_server in a chroot under qemu, which needs "
+                        "root; run as root or start only the native node (`--nodes host`)")
+    if not root_ready():
+        build_aarch64_root(say=say)
+    ensure_binfmt(say)
+
+
+def _start_tracker(host: str, port: int) -> dict:
+    hook = state_dir() / "pyhook"
+    env = _with_child_hook(os.environ, hook if _child_hook(hook) else None)
+    tr = _spawn("tracker", [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", port,
+                            "--port-end", port + 1], state_dir() / "logs" / "tracker.log", env=env)
+    return tr
+
+
+def _await_tracker(state: dict, tr: dict) -> None:
+    host, port = state["host"], state["port"]
+    _wait(lambda: port_open(host, port, 0.5), 30, lambda: _alive(tr["pid"]), "the RPC tracker", tr)
+
+
+def _listen_ports(pgid: int) -> set[int]:
+    """TCP ports the processes of group ``pgid`` listen on (a node's RPC port)."""
+    import psutil
+
+    ports = set()
+    for pid in group_members(pgid):
+        try:
+            p = psutil.Process(pid)
+            conns = (getattr(p, "net_connections", None) or p.connections)(kind="tcp")
+        except (psutil.Error, OSError):
+            continue
+        ports.update(c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN and c.laddr)
+    return ports
+
+
+def _key_addrs(host: str, port: int, key: str) -> list[str]:
+    try:
+        return keys_from_summary(tracker_summary(host, port)).get(key, {}).get("addrs", [])
+    except SqccError:
+        return []
+
+
+def _node_registered(node: dict, keys: dict) -> bool:
+    """Whether the farm's ``node`` is registered in the tracker's ``keys`` (by its RPC address)."""
+    reg = keys.get(node["key"], {})
+    if node.get("addr"):
+        return node["addr"] in reg.get("addrs", [])
+    return reg.get("total", 0) > 0
+
+
+def _spawn_node(state: dict, key: str, threads: int | None, say) -> dict:
+    """Start the node for ``key`` (replacing the state's entry for it); returns its process record."""
+    host, port = state["host"], state["port"]
+    cmd, env, facts = _node_cmd(key, host, port, threads)
+    say(f"starting node '{key}'{' (emulated aarch64 under qemu)' if facts['emulated'] else ''}")
+    before = _key_addrs(host, port, key)
+    pr = _spawn(f"node:{key}", cmd, state_dir() / "logs" / f"node-{key}.log", env=env, cwd="/")
+    pr.update(key=key, **facts)
+    pr["_before"] = before
+    state["procs"] = [p for p in state["procs"] if p.get("key") != key] + [pr]
+    state["nodes"][key] = {k: v for k, v in pr.items() if k not in ("cmd", "_before")}
+    _write_state(state)
+    return pr
+
+
+def _await_node(state: dict, pr: dict, timeout: float | None, say) -> None:
+    """Wait until the node ``pr`` registers with the tracker; records its RPC address."""
+    host, port, key = state["host"], state["port"], pr["key"]
+    before = set(pr.pop("_before", []))
+    limit = timeout or NODE_START_TIMEOUT.get(key, 60.0)
+    t0 = time.monotonic()
+
+    def registered():
+        addrs = keys_from_summary(tracker_summary(host, port)).get(key, {}).get("addrs", [])
+        mine = _listen_ports(pr["pgid"])
+        match = [a for a in addrs if int(a.rsplit(":", 1)[1]) in mine] if mine else \
+            [a for a in addrs if a not in before]
+        if match:
+            pr["addr"] = match[0]
+        return bool(match)
+
+    _wait(registered, limit, lambda: _alive(pr["pid"]), f"node '{key}'", pr)
+    state["nodes"][key]["addr"] = pr["addr"]
+    _write_state(state)
+    say(f"node '{key}' registered at {pr['addr']} ({time.monotonic() - t0:.0f} s)")
+
+
+def start(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, nodes=None, threads: int | None = None,
           say=_say_default, timeout: float | None = None) -> dict:
     """Start the tracker and one RPC server per key in ``nodes``; returns the state (see :func:`status`).
 
     ``nodes`` holds keys: ``"host"`` (this machine, native) and ``"aarch64"`` (emulated; builds its
-    root first if it is not cached). Raises SqccError when a farm is already running, when the port is
+    root first if it is not cached); default both. Raises SqccError when a farm is already running, when the port is
     taken, or when a node does not register with the tracker in time (everything started is ended).
+
+    On a farm that is partly down (its tracker or a node died, a node gave up on a restarted
+    tracker) ``start`` repairs it instead, on the farm's own address: it restarts the tracker, waits
+    for the live nodes to re-register, and restarts the nodes that are dead or do not (and starts
+    the keys of ``nodes`` it does not have).
     """
-    nodes = tuple(nodes)
+    repair_only = nodes is None
+    nodes = tuple(DEFAULT_NODES if nodes is None else nodes)
     unknown = [n for n in nodes if n not in ("host", *EMULATED_KEYS)]
     if unknown:
         raise SqccError(f"unknown farm node(s) {', '.join(unknown)} (known: host, {', '.join(EMULATED_KEYS)}); "
@@ -489,50 +712,113 @@ def start(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, nodes=DEFAULT_NODE
     with _lock("farm", state_dir()):
         old = _read_state()
         if old and any(_proc_alive(p) for p in old.get("procs", [])):
-            raise SqccError(f"a farm is already running (tracker {old['host']}:{old['port']}); "
-                            "`sqcc farm stop` first")
-        if old:  # a farm that died: end what is left of it (orphaned workers) before starting anew
-            _stop_state(old)
-        if port_open(host, port, timeout=0.5):
-            raise SqccError(f"port {host}:{port} is already in use (another tracker?); choose --port")
-        if any(n in EMULATED_KEYS for n in nodes) and os.geteuid() != 0:
-            raise SqccError("the emulated aarch64 node runs TVM's rpc_server in a chroot under qemu, which needs "
-                            "root; run as root or start only the native node (`--nodes host`)")
-        if any(n in EMULATED_KEYS for n in nodes) and not root_ready():
-            build_aarch64_root(say=say)
-        if any(n in EMULATED_KEYS for n in nodes):
-            ensure_binfmt(say)
-        logs = state_dir() / "logs"
-        state = {"host": host, "port": port, "started": time.time(), "procs": [], "nodes": {}}
-        try:
-            say(f"starting RPC tracker on {host}:{port}")
-            tr = _spawn("tracker", [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", port,
-                                    "--port-end", port + 1], logs / "tracker.log")
-            state["procs"].append(tr)
-            _write_state(state)
-            _wait(lambda: port_open(host, port, 0.5), 30, lambda: _alive(tr["pid"]), "the RPC tracker", tr)
-            for key in nodes:
-                cmd, env, facts = _node_cmd(key, host, port, threads)
-                say(f"starting node '{key}'{' (emulated aarch64 under qemu)' if facts['emulated'] else ''}")
-                pr = _spawn(f"node:{key}", cmd, logs / f"node-{key}.log", env=env, cwd="/")
-                pr.update(key=key, **facts)
-                state["procs"].append(pr)
-                state["nodes"][key] = {k: v for k, v in pr.items() if k not in ("cmd",)}
+            _repair(old, () if repair_only else nodes, threads, say, timeout)
+            state = old
+        else:
+            if old:  # a farm that died: end what is left of it (orphaned workers) before starting anew
+                _stop_state(old)
+            if port_open(host, port, timeout=0.5):
+                raise SqccError(f"port {host}:{port} is already in use (another tracker?); choose --port")
+            _check_emulated(nodes, say)
+            state = {"host": host, "port": port, "started": time.time(), "procs": [], "nodes": {}}
+            try:
+                say(f"starting RPC tracker on {host}:{port}")
+                tr = _start_tracker(host, port)
+                state["procs"].append(tr)
                 _write_state(state)
-            for pr in state["procs"][1:]:
-                key = pr["key"]
-                limit = timeout or NODE_START_TIMEOUT.get(key, 60.0)
-                t0 = time.monotonic()
-                _wait(lambda: keys_from_summary(tracker_summary(host, port)).get(key, {}).get("total", 0) > 0,
-                      limit, lambda: _alive(pr["pid"]), f"node '{key}'", pr)
-                say(f"node '{key}' registered ({time.monotonic() - t0:.0f} s)")
-        except BaseException:
-            _stop_state(state)
-            raise
-        _write_state(state)
-    say(f"farm up: tracker {host}:{port}, keys {', '.join(nodes)} "
-        f"(use --rpc-tracker {host}:{port} --rpc-key KEY)")
+                _await_tracker(state, tr)
+                started = [_spawn_node(state, key, threads, say) for key in nodes]
+                for pr in started:
+                    _await_node(state, pr, timeout, say)
+            except BaseException:
+                _stop_state(state)
+                raise
+            _write_state(state)
+    say(f"farm up: tracker {state['host']}:{state['port']}, keys {', '.join(state['nodes'])} "
+        f"(use --rpc-tracker {state['host']}:{state['port']} --rpc-key KEY)")
     return status()
+
+
+def _tracker_answers(host: str, port: int) -> bool:
+    try:
+        tracker_summary(host, port, timeout=3.0)
+        return True
+    except SqccError:
+        return False
+
+
+def _repair(state: dict, nodes, threads, say, timeout) -> None:
+    """Bring a partly running farm back: see :func:`start`. SqccError when nothing is down."""
+    host, port = state["host"], state["port"]
+    want = [*state.get("nodes", {}), *(k for k in nodes if k not in state.get("nodes", {}))]
+    tr = state["procs"][0]
+    tracker_ok = _proc_alive(tr) and _tracker_answers(host, port)
+    if tracker_ok:
+        try:
+            keys = keys_from_summary(tracker_summary(host, port))
+        except SqccError:
+            keys = {}
+        if all(k in state["nodes"] and _proc_alive(state["nodes"][k]) and _node_registered(state["nodes"][k], keys)
+               for k in want):
+            raise SqccError(f"a farm is already running (tracker {host}:{port}, keys {', '.join(state['nodes'])}); "
+                            "`sqcc farm stop` first")
+    say(f"the farm at {host}:{port} is partly down: bringing it back")
+    if not tracker_ok:
+        what = "does not answer" if _proc_alive(tr) else "is gone"
+        if _ours(tr):
+            _end_group(tr["pgid"])
+            _reap(tr["pid"])
+        if port_open(host, port, 0.5):
+            raise SqccError(f"the farm's RPC tracker (pid {tr['pid']}) {what} and {host}:{port} is taken by another "
+                            "process; end that process, or `sqcc farm stop` and start on another --port")
+        say(f"the farm's RPC tracker (pid {tr['pid']}) {what}: restarting it on {host}:{port}")
+        new = _start_tracker(host, port)
+        state["procs"][0] = new
+        state["tracker_restarts"] = state.get("tracker_restarts", 0) + 1
+        _write_state(state)
+        _await_tracker(state, new)
+        say(f"RPC tracker back on {host}:{port} (pid {new['pid']})")
+    # live nodes reconnect to a restarted tracker by themselves (TVM's server retries for 60 s)
+    waiting = [k for k in want if k in state["nodes"] and _proc_alive(state["nodes"][k])]
+    deadline = time.monotonic() + (REREGISTER_WAIT if not tracker_ok else 2.0)
+    while waiting:
+        try:
+            keys = keys_from_summary(tracker_summary(host, port))
+        except SqccError:
+            keys = {}
+        for k in [k for k in waiting if _node_registered(state["nodes"][k], keys)]:
+            waiting.remove(k)
+            if not tracker_ok:
+                say(f"node '{k}' (pid {state['nodes'][k]['pid']}) re-registered with the tracker")
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    respawn = []
+    for key in want:
+        n = state["nodes"].get(key)
+        if n is None:
+            respawn.append(key)
+            continue
+        if _proc_alive(n):
+            if key not in waiting:
+                continue
+            say(f"node '{key}' (pid {n['pid']}) runs but is not registered with the tracker: restarting it")
+        else:
+            say(f"node '{key}' (pid {n['pid']}) is dead: restarting it")
+        if _ours(n):
+            _end_group(n["pgid"])
+            _reap(n["pid"])
+        respawn.append(key)
+    _check_emulated(respawn, say)
+    started = [_spawn_node(state, key, threads or (state["nodes"].get(key) or {}).get("threads"), say)
+               for key in respawn]
+    for pr in started:
+        try:
+            _await_node(state, pr, timeout, say)
+        except BaseException:
+            _end_group(pr["pgid"])
+            _reap(pr["pid"])
+            raise
 
 
 def _wait(cond, limit: float, alive, what: str, proc: dict) -> None:
@@ -560,11 +846,16 @@ def _log_tail(path, n: int = 5) -> str:
 
 
 def status() -> dict:
-    """Where the farm stands: tracker address and liveness, and per key: free / busy / dead.
+    """Where the farm stands: the tracker's state and, per key: free / busy / dead / ...
 
-    A node is *dead* when its process has exited (or it is no longer registered with the tracker),
-    *busy* when it is registered but holds no free slot (a session is using it), *free* otherwise.
-    Keys registered with the tracker by other machines (real boards) are listed too.
+    The tracker is *up* (the farm's process answers), *down* (it exited), *hung* (it runs but does
+    not answer) or *foreign* (it exited and another process answers on its port; what that
+    tracker knows is reported). A node is *dead* when its process has exited, *waiting* when it runs
+    while the tracker is down (it re-registers when the tracker is back), *unregistered* when it runs
+    but the tracker does not list it (re-registering, or it gave up: ``start`` restarts it), *busy*
+    when it is registered but holds no free slot (a session is using it), *free* otherwise. Keys
+    registered with the tracker by other machines (real boards) are listed too. Never raises for
+    a farm that is down.
     """
     st = _read_state()
     if not st:
@@ -572,52 +863,82 @@ def status() -> dict:
     host, port = st["host"], st["port"]
     tr = st["procs"][0]
     tracker_alive = _proc_alive(tr)
-    keys, error = {}, None
-    if tracker_alive:
-        try:
-            keys = keys_from_summary(tracker_summary(host, port))
-        except SqccError as e:
-            error = str(e)
+    keys, error, answering = {}, None, False
+    try:
+        keys = keys_from_summary(tracker_summary(host, port, timeout=3.0))
+        answering = True
+    except SqccError as e:
+        error = str(e) if tracker_alive else None
+    if answering:
+        tstate = "up" if tracker_alive else "foreign"
+    else:
+        tstate = "hung" if tracker_alive else "down"
     nodes = {}
     for key, n in st.get("nodes", {}).items():
         reg = keys.get(key, {})
-        if not _proc_alive(n) or not tracker_alive:
+        alive = _proc_alive(n)
+        orphans = [] if alive or not _ours(n) else group_members(n["pgid"])
+        if not alive:
             state = "dead"
-        elif reg.get("total", 0) == 0:
-            state = "dead" if error is None else "unknown"
+        elif not answering:
+            state = "waiting" if tstate == "down" else "unknown"
+        elif not _node_registered(n, keys):
+            state = "unregistered"
         elif reg.get("free", 0) > 0:
             state = "free"
         else:
             state = "busy"
-        nodes[key] = {"state": state, "pid": n["pid"], "emulated": n.get("emulated", False),
+        nodes[key] = {"state": state, "pid": n["pid"], "addr": n.get("addr"), "emulated": n.get("emulated", False),
                       "device": n.get("device"), "threads": n.get("threads"), "log": n.get("log"),
                       "registered": reg.get("total", 0), "free": reg.get("free", 0),
-                      "pending": reg.get("pending", 0)}
+                      "pending": reg.get("pending", 0), "orphans": orphans}
+    mine = {n.get("addr") for n in st.get("nodes", {}).values()}
     others = {k: {"state": "free" if v["free"] else "busy", "registered": v["total"], "free": v["free"],
-                  "pending": v["pending"], "emulated": None, "addrs": v["addrs"]}
-              for k, v in keys.items() if k not in nodes and (v["total"] or v["pending"])}
-    return {"running": tracker_alive, "tracker": f"{host}:{port}", "tracker_pid": tr["pid"],
-            "nodes": nodes, "other_keys": others, "error": error, "state_file": str(_state_file())}
+                  "pending": v["pending"], "emulated": None, "addrs": [a for a in v["addrs"] if a not in mine]}
+              for k, v in keys.items() if (v["total"] or v["pending"])
+              and (k not in nodes or any(a not in mine for a in v["addrs"]))}
+    return {"running": answering, "tracker": f"{host}:{port}", "tracker_state": tstate, "tracker_pid": tr["pid"],
+            "tracker_restarts": st.get("tracker_restarts", 0), "nodes": nodes, "other_keys": others,
+            "error": error, "state_file": str(_state_file())}
 
 
 def format_status(s: dict) -> str:
     if not s.get("nodes") and not s.get("running"):
         return "farm: not running (`sqcc farm start`)"
-    lines = [f"farm: tracker {s['tracker']} ({'up' if s['running'] else 'DEAD'}, pid {s['tracker_pid']})"]
+    t, pid, ts = s["tracker"], s["tracker_pid"], s.get("tracker_state", "up" if s.get("running") else "down")
+    again = f", restarted {s['tracker_restarts']}x" if s.get("tracker_restarts") else ""
+    head = {"up": f"farm: tracker {t} (up, pid {pid}{again})",
+            "down": f"farm: tracker {t} DOWN (pid {pid} exited); its nodes wait and re-register when it is back: "
+                    "`sqcc farm start` restarts it",
+            "hung": f"farm: tracker {t} NOT ANSWERING (pid {pid} runs): `sqcc farm stop`, then `sqcc farm start`",
+            "foreign": f"farm: tracker {t} answers, but not the farm's (pid {pid} exited; another process serves "
+                       "the port)"}
+    lines = [head.get(ts, head["down"])]
     if s.get("error"):
         lines.append(f"  {s['error']}")
-    lines.append(f"  {'key':<10} {'state':<6} {'pid':>7}  device")
+    lines.append(f"  {'key':<10} {'state':<12} {'pid':>7}  {'address':<16} device")
     for key, n in sorted(s["nodes"].items()):
         dev = (n.get("device") or "") + (f", {n['threads']} thread(s)" if n.get("threads") else "")
-        lines.append(f"  {key:<10} {n['state']:<6} {n['pid']:>7}  {dev}")
-        if n["state"] == "dead":
-            lines.append(f"  {'':<10} node died; log {n.get('log')}: {_log_tail(n.get('log'), 2)}")
+        lines.append(f"  {key:<10} {n['state']:<12} {n['pid']:>7}  {n.get('addr') or '-':<16} {dev}")
+        why = {"dead": f"node died; log {n.get('log')}: {_log_tail(n.get('log'), 2)}",
+               "waiting": "node runs, waiting for the tracker",
+               "unregistered": "node runs but is not registered with the tracker (re-registering, or it gave up: "
+                               "`sqcc farm start` restarts it)",
+               "unknown": "the tracker does not answer"}.get(n["state"])
+        if why:
+            lines.append(f"  {'':<10} {why}")
+        if n.get("orphans"):
+            lines.append(f"  {'':<10} {len(n['orphans'])} process(es) of it still run (pid "
+                         f"{', '.join(map(str, n['orphans']))}): `sqcc farm stop` ends them")
     for key, n in sorted(s.get("other_keys", {}).items()):
-        lines.append(f"  {key:<10} {n['state']:<6} {'-':>7}  remote server(s) {', '.join(n['addrs'])}")
+        lines.append(f"  {key:<10} {n['state']:<12} {'-':>7}  remote server(s) {', '.join(n['addrs'])}")
     return "\n".join(lines)
 
 
 def _stop_state(state: dict, say=None) -> list[int]:
+    import psutil
+
+    snapshot = farm_processes(state)  # before anything ends: descendants that left their group too
     ended = []
     for pr in reversed(state.get("procs", [])):  # nodes first, tracker last
         if not _ours(pr):  # the PID was reused after a reboot: not ours to end
@@ -627,11 +948,30 @@ def _stop_state(state: dict, say=None) -> list[int]:
         ended.extend(members)
         if say and members:
             say(f"stopped {pr['name']} (pid {pr['pid']}, {len(members)} process(es))")
-    return ended
+    strays = []
+    for p in snapshot:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:  # is_running: same process, not a reused PID
+                strays.append(p)
+        except psutil.Error:
+            pass
+    for p in strays:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(strays, timeout=3)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=3)
+    if say and strays:
+        say(f"stopped {len(strays)} process(es) that had left the farm's process groups "
+            f"(pid {', '.join(str(p.pid) for p in strays)})")
+    return ended + [p.pid for p in strays if p.pid not in ended]
 
 
 def stop(say=_say_default) -> list[int]:
-    """End every process the farm started (each whole process group, by PID); returns their PIDs."""
+    """End every process the farm started (each whole process group, by PID, and any descendant that
+    left its group); returns their PIDs."""
     with _lock("farm", state_dir()):
         st = _read_state()
         if not st:
@@ -642,7 +982,7 @@ def stop(say=_say_default) -> list[int]:
             _state_file().unlink()
         except FileNotFoundError:
             pass
-    left = [p for pr in st.get("procs", []) if _ours(pr) for p in group_members(pr["pgid"])]
+    left = sorted({p.pid for p in farm_processes(st)})
     if left:
         raise SqccError(f"processes still alive after stop: {left}")
     say(f"farm stopped ({len(ended)} process(es) ended)")
@@ -686,8 +1026,9 @@ def add_arguments(p) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default loopback: an RPC server "
                    "runs whatever it is sent)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="tracker port (default 9190)")
-    p.add_argument("--nodes", default=",".join(DEFAULT_NODES),
-                   help="comma-separated node keys to start: host, aarch64 (emulated) (default: host,aarch64)")
+    p.add_argument("--nodes", default=None,
+                   help="comma-separated node keys to start: host, aarch64 (emulated) (default: host,aarch64; on a "
+                        "farm that is partly down, `start` restarts the farm's own nodes)")
     p.add_argument("--threads", type=int, help="TVM_NUM_THREADS of each node (default: this machine's cores)")
     p.add_argument("--json", action="store_true", help="status as JSON")
 
@@ -695,16 +1036,16 @@ def add_arguments(p) -> None:
 def cmd(args) -> int:
     """Run ``sqcc farm ACTION`` from parsed arguments; SqccError propagates to the CLI."""
     if args.action == "start":
-        s = start(host=args.host, port=args.port, nodes=[n.strip() for n in args.nodes.split(",") if n.strip()],
-                  threads=args.threads)
+        nodes = None if args.nodes is None else [n.strip() for n in args.nodes.split(",") if n.strip()]
+        s = start(host=args.host, port=args.port, nodes=nodes, threads=args.threads)
         print(f"tracker {s['tracker']}")
         print(format_status(s))
         print(f"use: --rpc-tracker {s['tracker']} --rpc-key aarch64   (emulated node: figures are EMULATED)")
     elif args.action == "status":
         s = status()
         print(json.dumps(s, indent=1) if args.json else format_status(s))
-        dead = [k for k, n in s["nodes"].items() if n["state"] == "dead"]
-        return 1 if s["nodes"] and (not s.get("running") or dead) else 0
+        bad = [k for k, n in s["nodes"].items() if n["state"] not in ("free", "busy")]
+        return 1 if s["nodes"] and (s.get("tracker_state") != "up" or bad) else 0
     elif args.action == "stop":
         stop()
     elif args.action == "build-root":

@@ -6,9 +6,13 @@ $SQCC_CACHE or ~/.cache/sqcc; several minutes, progress on stderr). Nothing here
 tool is missing -- a missing tool is a failure with the package to install in the message.
 """
 import json
+import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -227,25 +231,266 @@ def test_tracker_unreachable():
         remote.request_session("127.0.0.1:notaport", "aarch64")
 
 
-def test_dead_node_reported_and_stop_leaves_no_process(farm_up):
-    procs = farm_up["procs"]
-    groups = {p["pgid"]: farm.group_members(p["pgid"]) for p in procs}
-    all_pids = {pid for members in groups.values() for pid in members}
-    assert all(_alive(p["pid"]) for p in procs)
-    host_node = next(p for p in procs if p.get("key") == "host")
-    os.killpg(host_node["pgid"], signal.SIGKILL)  # a node dies
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and farm.status()["nodes"]["host"]["state"] != "dead":
-        time.sleep(0.5)
+# ------------------------------------------------------------------------------ farm faults
+# Processes are started the way users start them (`sqcc farm start`, `python -m tvm.exec.rpc_server`,
+# `sqcc tune/bench`) and ended by PID. The tests below run in this order and share the module's farm:
+# each brings back what an earlier one killed with `farm.start()` (which repairs a partly dead farm).
+
+def _cli(*args, timeout=300):
+    """`sqcc ARGS` as a user runs it: the CompletedProcess (stdout, stderr as text)."""
+    return subprocess.run([sys.executable, "-m", "sqcc.cli", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=timeout)
+
+
+def _one_error_line(stderr: str) -> str:
+    """What the CLI said: one line, 'sqcc: error: ...', nothing else (no traceback, no noise)."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sqcc: error: "), stderr
+    return lines[0]
+
+
+def _repaired(farm_up) -> dict:
+    """The module's farm with every node up: `sqcc farm start` again restarts what an earlier test killed."""
     s = farm.status()
-    assert s["nodes"]["host"]["state"] == "dead"
-    assert s["nodes"]["aarch64"]["state"] in ("free", "busy")
-    assert "node died" in farm.format_status(s)
-    ended = farm.stop()
-    assert set(p["pid"] for p in procs if p.get("key") != "host") <= set(ended)
+    if s.get("tracker_state") != "up" or any(n["state"] not in ("free", "busy") for n in s["nodes"].values()):
+        farm.start(port=farm_up["port"])
+        s = farm.status()
+    assert s["tracker_state"] == "up" and all(n["state"] == "free" for n in s["nodes"].values()), s
+    return s
+
+
+def _lines(path) -> int:
+    try:
+        return sum(1 for ln in open(path) if ln.strip())
+    except OSError:
+        return 0
+
+
+def _gone(pgid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while farm.group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not farm.group_members(pgid)
+
+
+def _kill_when_serving(pid: int, when=lambda: True, group: bool = False, delay: float = 0.0, before=None,
+                       linking: bool = False, timeout: float = 300.0) -> dict:
+    """In a thread: once ``when()`` holds, SIGKILL the RPC server ``pid`` (or its process group) as soon
+    as it serves a session (its worker has forked the session's process), ``delay`` s into it;
+    ``linking``: once the session runs a child of its own (the host node links an uploaded .tar with
+    g++ in ``load_module``: the client is waiting mid-measurement). Calls ``before()`` just before the
+    kill. Returns a dict that gets "at" (when) and "thread"."""
+    import psutil
+
+    out = {}
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        server = psutil.Process(pid)
+        while time.monotonic() < deadline:
+            try:
+                sessions = [c for w in server.children() for c in w.children()]
+                if when() and sessions and (not linking or any(c.children() for c in sessions)):
+                    break
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        else:
+            return
+        time.sleep(delay)
+        if before:
+            before()
+        out["at"] = time.monotonic()
+        os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
+
+    out["thread"] = threading.Thread(target=watch, daemon=True)
+    out["thread"].start()
+    return out
+
+
+def test_tune_goes_on_when_a_node_dies_and_stops_when_none_is_left(farm_up, tmp_path, caplog):
+    """Key 'host' served by the farm's node and by a second server a user started. The farm's node is
+    killed (its PID) while it measures a candidate: the candidate is measured again on the other node
+    and tuning goes on, with one warning naming the lost node. Then the other server dies too: tuning
+    stops with one SqccError naming it, and every record measured so far is in the database."""
+    from sqcc import frontend
+    from sqcc.schedules.tuning import tune
+    from sqcc.targets import resolve
+
+    _repaired(farm_up)
+    tr = farm_up["tracker"]
+    host_node = farm._read_state()["nodes"]["host"]
+    extra = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", "9300",
+                              "--port-end", "9400", "--tracker", tr, "--key", "host"], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(farm.keys_from_summary(farm.tracker_summary("127.0.0.1", farm_up["port"]))
+                   .get("host", {}).get("addrs", [])) < 2:
+            assert time.monotonic() < deadline and extra.poll() is None, "the second 'host' server did not register"
+            time.sleep(0.3)
+        addrs = farm.keys_from_summary(farm.tracker_summary("127.0.0.1", farm_up["port"]))["host"]["addrs"]
+        extra_addr = next(a for a in addrs if a != host_node["addr"])
+        records = tmp_path / "records.json"
+        first = _kill_when_serving(host_node["pid"], when=lambda: _lines(records) >= 1, linking=True)
+        # a server the farm did not start lacks the farm's child hook: killing its PID would leave its
+        # worker serving (TVM's rpc_server), so the whole server dies here, as a crashed machine would
+        second = _kill_when_serving(extra.pid, group=True, when=lambda: "at" in first and _lines(records) >= 3)
+        m = frontend.load("squeezenet1.1")
+        t0 = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="sqcc.remote"), pytest.raises(SqccError) as ei:
+            tune(m.mod, resolve("host").tvm(), trials=40, records_path=str(records), max_trials_per_task=40,
+                 runner=remote.rpc_runner(tr, "host", lost_grace=3), task_names=["fused_conv2d_add_relu"],
+                 num_trials_per_iter=2, search_strategy="replay-trace", cost_model="random", progress=False)
+        took = time.monotonic() - t0
+    finally:
+        if extra.poll() is None:
+            os.killpg(extra.pid, signal.SIGKILL)
+        extra.wait()
+    assert "at" in first and "at" in second, "the nodes were not killed mid-tune"
+    warned = [r.getMessage() for r in caplog.records if "went away mid-measurement" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert f"node 'host' at {host_node['addr']} (farm node, pid {host_node['pid']})" in warned[0]
+    assert "goes on" in warned[0] and "\n" not in warned[0]
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("tuning stopped:"), msg
+    assert f"node 'host' at {extra_addr}" in msg and "no node with key 'host' is registered" in msg, msg
+    assert "records measured so far are kept" in msg
+    assert time.monotonic() - second["at"] < 60 and took < 600
+    recs = [json.loads(ln) for ln in records.read_text().splitlines() if ln.strip()]
+    measured = [r for r in recs if r[1][1] and all(0 < t < 1e9 for t in r[1][1])]
+    assert len(measured) >= 3, [r[1][1] for r in recs]  # measured on the second node after the first died
+    assert _gone(host_node["pgid"]), "the farm node's workers outlived its killed server"
+    s = farm.status()
+    assert s["nodes"]["host"]["state"] == "dead" and "node died" in farm.format_status(s)
+    print(f"\nnode faults mid-tune: {len(recs)} records, {len(measured)} measured, {took:.0f} s")
+
+
+def test_tracker_restart_survived_by_status(farm_up):
+    """The tracker is killed (its PID): `sqcc farm status` says it is down, in one line, no traceback,
+    and the live node waits for it. A tracker the user starts on the port is reported as not the
+    farm's, and the nodes re-register with it. `sqcc farm start` again restarts the farm's tracker and
+    the dead node; status then shows the new tracker, restarted once, every node free."""
+    port = farm_up["port"]
+    st = farm._read_state()
+    old = st["procs"][0]
+    os.kill(old["pid"], signal.SIGKILL)
+    assert _gone(old["pgid"]), "the tracker's worker outlived its killed process"
+    assert not farm.port_open("127.0.0.1", port, 0.5)
+    p = _cli("farm", "status", timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+    head = p.stdout.splitlines()[0]
+    assert f"tracker 127.0.0.1:{port} DOWN (pid {old['pid']} exited)" in head and "`sqcc farm start`" in head
+    s = farm.status()
+    assert not s["running"] and s["tracker_state"] == "down"
+    assert s["nodes"]["aarch64"]["state"] == "waiting"  # alive; re-registers when a tracker is back
+
+    mine = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                             "--port-end", str(port + 1)], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while farm.status()["nodes"]["aarch64"]["state"] != "free":
+            assert time.monotonic() < deadline, farm.format_status(farm.status())
+            time.sleep(0.5)
+        s = farm.status()
+        assert s["running"] and s["tracker_state"] == "foreign"
+        assert "not the farm's" in farm.format_status(s).splitlines()[0]
+        with pytest.raises(SqccError, match=f"127.0.0.1:{port} is taken by another process"):
+            farm.start(port=port)
+    finally:
+        os.killpg(mine.pid, signal.SIGKILL)
+        mine.wait()
+
+    p = _cli("farm", "start", "--port", str(port), timeout=400)
+    assert p.returncode == 0, p.stderr
+    assert f"restarting it on 127.0.0.1:{port}" in p.stderr and "Traceback" not in p.stderr
+    s = farm.status()
+    assert s["running"] and s["tracker_state"] == "up" and s["tracker_pid"] != old["pid"]
+    assert s["tracker_restarts"] == 1 and all(n["state"] == "free" for n in s["nodes"].values()), s
+    p = _cli("farm", "status", "--json", timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["tracker_pid"] == s["tracker_pid"]
+    assert "restarted 1x" in farm.format_status(s)
+
+
+def test_bench_and_run_fail_clearly_when_the_node_dies(farm_up, squeezenet_pkg):
+    """`sqcc bench --rpc-tracker`: the node killed mid-benchmark ends it with one line naming the node
+    (not a hang, not a traceback); a run whose node died after the session opened says the same."""
+    host_pkg, path = squeezenet_pkg
+    tr = farm_up["tracker"]
+    _repaired(farm_up)
+    node = farm._read_state()["nodes"]["host"]
+    killer = _kill_when_serving(node["pid"], delay=3.0)
+    t0 = time.monotonic()
+    p = _cli("bench", str(path), "--rpc-tracker", tr, "--rpc-key", "host", "--repeat", "100000", timeout=300)
+    assert "at" in killer, "the node was not killed mid-benchmark"
+    assert p.returncode == 2 and time.monotonic() - killer["at"] < 60
+    err = _one_error_line(p.stderr)
+    assert f"node 'host' at {node['addr']} (farm node, pid {node['pid']}) went away mid-benchmark" in err, err
+    assert "RPC connection closed" in err and "sqcc farm status" in err
+    print(f"\nbench, node killed: {time.monotonic() - t0:.0f} s: {err}")
+
+    _repaired(farm_up)
+    node = farm._read_state()["nodes"]["host"]
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    with remote.RemoteVM(host_pkg, tr, "host", timeout=60) as r:
+        os.kill(node["pid"], signal.SIGKILL)
+        assert _gone(node["pgid"])
+        with pytest.raises(SqccError, match=f"node 'host' at {node['addr']} .*went away") as ei:
+            r.run(x)
+    assert "\n" not in str(ei.value)
+
+
+def test_node_killed_mid_tune_one_error_and_stop_leaves_no_process(farm_up, tmp_path):
+    """`sqcc tune --target arm_cpu:rpi4 --rpc-key aarch64`, the emulated node killed (its PID) while it
+    measures: the tune exits with one line naming the node, keeping the records it had; the killed
+    node leaves no process behind (qemu-run workers included). Then `sqcc farm stop` ends every
+    process the farm started -- tracker, servers, their workers, the sessions they forked -- all
+    collected with psutil while they ran."""
+    import psutil
+
+    _repaired(farm_up)
+    tr, port = farm_up["tracker"], farm_up["port"]
+    node = farm._read_state()["nodes"]["aarch64"]
+    held = remote.request_session(tr, "host", timeout=60)  # the host node forks a session process
+    records = tmp_path / "rpi4.json"
+    seen = {}
+
+    def collect():
+        for p in farm.farm_processes():
+            try:
+                seen[p.pid] = (p.create_time(), " ".join(p.cmdline()))
+            except psutil.Error:
+                pass
+
+    killer = _kill_when_serving(node["pid"], when=lambda: _lines(records) >= 1, delay=0.5, before=collect)
+    p = _cli("tune", "squeezenet1.1", "--target", "arm_cpu:rpi4", "--trials", "4", "--records", str(records),
+             "--rpc-tracker", tr, "--rpc-key", "aarch64", timeout=500)
+    assert "at" in killer, f"the node was not killed mid-tune: {p.stderr[-2000:]}"
+    assert p.returncode == 2 and time.monotonic() - killer["at"] < 90, p.stderr[-2000:]
+    err = _one_error_line(p.stderr)
+    assert f"node 'aarch64' at {node['addr']} (farm node, pid {node['pid']})" in err, err
+    assert "tuning stopped" in err and "records measured so far are kept" in err
+    assert _lines(records) >= 1 and all(json.loads(ln) for ln in records.read_text().splitlines())
+    assert _gone(node["pgid"]), "the emulated node's workers outlived its killed server"
+    s = farm.status()
+    assert s["nodes"]["aarch64"]["state"] == "dead" and s["nodes"]["host"]["state"] == "busy"
+
+    # what ran: tracker + its worker, each server + its worker, the sessions, qemu for the aarch64 ones
+    assert len(seen) >= 7, seen
+    assert any("aarch64" in cmd or "qemu" in cmd for _, cmd in seen.values())
+    p = _cli("farm", "stop", timeout=120)
+    assert p.returncode == 0, p.stderr
     time.sleep(0.5)
-    left = [pid for pid in all_pids if _alive(pid)]
+    left = []
+    for pid, (created, cmd) in seen.items():
+        try:
+            q = psutil.Process(pid)
+            if q.create_time() == created and q.status() != psutil.STATUS_ZOMBIE:
+                left.append((pid, cmd))
+        except psutil.NoSuchProcess:
+            pass
     assert not left, f"processes left behind: {left}"
-    assert all(not farm.group_members(g) for g in groups)
     assert not farm.status()["running"]
-    assert not farm.port_open("127.0.0.1", farm_up["port"], 0.5)
+    assert not farm.port_open("127.0.0.1", port, 0.5)
+    del held

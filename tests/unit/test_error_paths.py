@@ -170,6 +170,7 @@ def test_link_and_load_library(monkeypatch, tmp_path, exc):
 
     _one_line_error(lambda: export_with(Exe(), tmp_path / "x.so", "the aarch64 library"),
                     "linking the aarch64 library failed")
+    monkeypatch.setattr(package, "elf_problem", lambda lib: None)  # past the ELF check: TVM's loader raises
     monkeypatch.setattr(tvm.runtime, "load_module", _raiser(exc))
     _one_line_error(lambda: package._load_library(tmp_path / "p.tar", tmp_path / "lib.so", "host"),
                     "cannot load the compiled library")
@@ -225,6 +226,7 @@ def test_rpc_tracker_unreachable(monkeypatch, exc):
 
     monkeypatch.setattr(remote, "wait_for_free_node", lambda *a, **k: {})
     monkeypatch.setattr(rpc, "connect_tracker", _raiser(exc))
+    monkeypatch.setattr(remote.socket, "create_connection", _raiser(exc))  # sqcc's own tracker client
     _one_line_error(lambda: remote.request_session("127.0.0.1:9", "aarch64", timeout=1),
                     "cannot reach the RPC tracker at 127.0.0.1:9")
 
