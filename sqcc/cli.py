@@ -133,6 +133,8 @@ def cmd_compile(args):
     out = outputs.check_writable(out, "-o", "directory" if micro else "file")
     if args.dump_ir:
         outputs.check_writable(args.dump_ir, "--dump-ir", "directory")
+    if args.emit_onnx:
+        _check_emit_onnx(args, out)
     budget = None
     if args.budget:  # the one budget parser, before any work
         from .planning.spec import parse_budget
@@ -152,6 +154,9 @@ def cmd_compile(args):
                       preprocess=args.preprocess)
     say(f"writing {out}")
     pkg.export(out)
+    if args.emit_onnx:
+        say(f"exporting {args.emit_onnx} and checking it in onnxruntime")
+        print(_export_line(pkg, _emit_onnx(pkg, args.emit_onnx, out)))
     r = pkg.report
     b, a = r["before"]["totals"], r["after"]["totals"]
     size = f"{out.stat().st_size:,} bytes" if out.is_file() else "directory"
@@ -176,6 +181,40 @@ def cmd_compile(args):
         print(f"evaluation on {r['evaluation']['folder']} " +
               format_fidelity(r["evaluation"], r["evaluation"]["reference"]))
     return 0
+
+
+def _check_emit_onnx(args, out) -> None:
+    from . import outputs
+    from .errors import SqccError
+    from .targets import resolve
+
+    outputs.check_writable(args.emit_onnx, "--emit-onnx")
+    if Path(args.emit_onnx).absolute() == Path(out).absolute():
+        raise SqccError(f"--emit-onnx {args.emit_onnx}: the same path as the package (-o)")
+    if resolve(args.target).family != "host":
+        raise SqccError(f"--emit-onnx needs --target host (the exported file is checked against the "
+                        f"package by running both; {args.target} does not run here)")
+
+
+def _emit_onnx(pkg, path, out):
+    from .errors import SqccError
+    from .export import export_onnx
+
+    try:
+        return export_onnx(pkg, path, flag="--emit-onnx")
+    except SqccError as e:
+        raise SqccError(f"{e} (the package {out} was written)") from e
+
+
+def _export_line(pkg, r: dict) -> str:
+    worst = max(w["max_rel"] for w in r["check"]["outputs"].values())
+    worst_abs = max(w["max_abs"] for w in r["check"]["outputs"].values())
+    kind = "ONNX" if "opset" in r else "TFLite"
+    what = f"{r['form']} {kind}" + (f", opset {r['opset']}" if "opset" in r else "")
+    return (f"exported {pkg.manifest['model']['name']} ({what}, {r['nodes']} nodes, {r['bytes']:,} bytes) "
+            f"→ {r['path']}; {r['check']['runtime']} matches the package on {r['check']['inputs']} input(s): "
+            f"max abs err {worst_abs:.3g}, max rel err {worst:.3g} (limit: "
+            f"{'; '.join(sorted({w['limit'] for w in r['check']['outputs'].values()}))})")
 
 
 def _micro_summary(mc: dict) -> str:
@@ -394,6 +433,30 @@ def cmd_targets(args):
     return 0
 
 
+def cmd_export(args):
+    from . import outputs
+    from .errors import SqccError
+    from .export import check_exportable, export_onnx, export_tflite
+    from .export.verify import image_feeds
+    from .package import load_any
+
+    wanted = [(flag, path) for flag, path in (("--onnx", args.onnx), ("--tflite", args.tflite)) if path]
+    if not wanted:
+        raise SqccError("nothing to export: give --onnx FILE and/or --tflite FILE")
+    for flag, path in wanted:
+        outputs.check_writable(path, flag)
+    if args.onnx and args.tflite and Path(args.onnx).absolute() == Path(args.tflite).absolute():
+        raise SqccError(f"--onnx and --tflite name the same file {args.onnx}")
+    pkg = load_any(args.package)
+    check_exportable(pkg)
+    feeds = image_feeds(pkg, args.check_images, args.check_limit) if args.check_images else None
+    for flag, path in wanted:
+        export = export_onnx if flag == "--onnx" else export_tflite
+        r = export(pkg, path, flag=flag, feeds=feeds)
+        print(json.dumps(r, indent=1) if args.json else _export_line(pkg, r))
+    return 0
+
+
 def cmd_farm(args):
     from . import farm
 
@@ -523,6 +586,8 @@ def _compile_args(p):
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the original model")
     p.add_argument("--size-report", action="store_true",
                    help="print bytes per layer: dense, pruned CSR, shared-index, Huffman-coded")
+    p.add_argument("--emit-onnx", metavar="FILE", help="also export the rewritten graph as ONNX (QDQ for "
+                   "int8), checked in onnxruntime against the package (see 'sqcc export')")
 
 
 def _run_args(p):
@@ -585,6 +650,16 @@ def _sweep_args(p):
                         "lowrank,dwsep,flatten,poolhoist; lowrank:weight|channel|spatial for one scheme)")
 
 
+def _export_args(p):
+    p.add_argument("package", help="package .tar (a host package compiled by this sqcc)")
+    p.add_argument("--onnx", metavar="FILE", help="the rewritten graph as ONNX (opset 17; int8: QDQ)")
+    p.add_argument("--tflite", metavar="FILE", help="the rewritten graph as float TFLite")
+    p.add_argument("--check-images", metavar="DIR", help="check the exported file against the package on "
+                   "these images (default: one random input)")
+    p.add_argument("--check-limit", type=int, default=8, metavar="N", help="images checked (default 8)")
+    p.add_argument("--json", action="store_true", help="print what was written and how well it matched as JSON")
+
+
 def _farm_args(p):
     from . import farm
 
@@ -601,6 +676,8 @@ VERBS = [
     ("targets", "list targets and presets", _targets_args, cmd_targets),
     ("tune", "MetaSchedule tuning into a durable records file (resumable)", _tune_args, cmd_tune),
     ("sweep", "accuracy/agreement vs MACs for several budgets (Pareto plot)", _sweep_args, cmd_sweep),
+    ("export", "the rewritten graph as ONNX / TFLite, checked in onnxruntime / LiteRT", _export_args,
+     cmd_export),
     ("farm", "a local TVM RPC farm: tracker + host node + emulated aarch64 node", _farm_args, cmd_farm),
 ]
 

@@ -2,8 +2,9 @@
 
 The tar holds ``lib.so`` (the built Relax VM executable), ``manifest.json`` (what was compiled, for
 which target, with which passes; input/output specs; preprocessing; versions; sha256 and byte size
-of every member), ``report.json`` and the source model (``model.onnx`` / ``model.tflite``, so
-fidelity and the onnxruntime comparison can be re-run from the package alone). It is written to a
+of every member), ``report.json``, the source model (``model.onnx`` / ``model.tflite``, so
+fidelity and the onnxruntime comparison can be re-run from the package alone) and, for host
+packages, ``graph.json`` (the rewritten Relax module, ``tvm.ir.save_json``, for ``sqcc export``). It is written to a
 temporary file and renamed into place.
 
 Loading checks, in this order, before TVM sees any byte: the file is a non-empty, untruncated tar of
@@ -52,11 +53,12 @@ class Package:
     """A built model: run it, time it, export it. Made by :func:`sqcc.compile` or :func:`load`."""
 
     def __init__(self, executable, manifest: dict, report: dict, source: bytes | None = None,
-                 lib_bytes: bytes | None = None):
+                 lib_bytes: bytes | None = None, graph: bytes | None = None):
         self.executable = executable  # relax VMExecutable or a loaded runtime.Module
         self.manifest = manifest
         self.report = report
         self.source = source
+        self.graph = graph  # the rewritten Relax module (tvm.ir.save_json), for export_onnx/_tflite
         self._lib_bytes = lib_bytes
         self._vm = None
         self.path = None  # the tar it was loaded from or last exported to
@@ -183,6 +185,8 @@ class Package:
         members = {"lib.so": lib, "report.json": json.dumps(self.report, indent=1, default=_json_default).encode()}
         if self.source is not None:
             members[src_name] = self.source
+        if self.graph is not None:
+            members[GRAPH] = self.graph
         manifest = dict(self.manifest)
         manifest["members"] = {k: _sha256(v) for k, v in members.items()}
         # load() refuses a member of another size before reading any of it (no 1 GiB lib.so read
@@ -203,6 +207,20 @@ class Package:
         self.manifest = manifest
         self.path = path
         return path
+
+    def export_onnx(self, path, feeds=None) -> dict:
+        """The rewritten graph as ONNX (QDQ for int8), checked in onnxruntime against this package
+        before it is written; see :mod:`sqcc.export`."""
+        from .export import export_onnx
+
+        return export_onnx(self, path, feeds=feeds)
+
+    def export_tflite(self, path, feeds=None) -> dict:
+        """The rewritten graph as a float TFLite flatbuffer, checked in LiteRT against this package
+        before it is written; see :mod:`sqcc.export`."""
+        from .export import export_tflite
+
+        return export_tflite(self, path, feeds=feeds)
 
 
 def _json_default(o):
@@ -226,7 +244,8 @@ def _to_numpy(res) -> list[np.ndarray]:
     return out
 
 
-ALLOWED = {"manifest.json", "lib.so", "report.json", "model.onnx", "model.tflite"}
+GRAPH = "graph.json"  # the rewritten Relax module (host packages), read by sqcc.export
+ALLOWED = {"manifest.json", "lib.so", "report.json", "model.onnx", "model.tflite", GRAPH}
 # What a damaged or foreign file raises while tarfile reads it (gz/bz2/xz streams included).
 _CORRUPT = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 
@@ -465,7 +484,7 @@ def load(path) -> Package:
             executable = _load_library(path, lib, manifest["target"]["family"])
             lib_bytes = lib.read_bytes()  # kept for re-export and RPC upload
     pkg = Package(executable, manifest, report, source=small.get(f"model.{manifest['model']['format']}"),
-                  lib_bytes=lib_bytes)
+                  lib_bytes=lib_bytes, graph=small.get(GRAPH))
     pkg.path = path
     return pkg
 

@@ -250,7 +250,17 @@ def build(c: Compilation) -> Package:
     for note in c.notes + ([int8_note] if int8_note else []):  # what sqcc decided for the user
         c.report.setdefault("notes", []).append(note)
         print(f"sqcc: note: {note}", file=sys.stderr)
-    return Package(ex, manifest(c), c.report, source=c.model.source)
+    return Package(ex, manifest(c), c.report, source=c.model.source, graph=_graph_json(c))
+
+
+def _graph_json(c: Compilation) -> bytes | None:
+    """The rewritten graph (after every rewrite and fold, before layout and scheduling) that
+    ``sqcc export`` turns into ONNX / TFLite; kept for host packages, which export can check."""
+    if c.spec.family != "host":
+        return None
+    import tvm
+
+    return tvm.ir.save_json(c.mod).encode()
 
 
 def _int8_note(c: Compilation) -> str | None:

@@ -21,7 +21,7 @@ def test_roundtrip_runs_identically(squeezenet_pkg, tmp_path):
     assert m["inputs"] == [{"name": "data", "shape": [1, 3, 224, 224], "dtype": "float32"}]
     assert m["versions"]["tvm"].startswith("0.27")
     assert again.report["before"]["totals"]["params"] == 1_235_496
-    assert set(read_members(path)) == {"manifest.json", "lib.so", "report.json", "model.onnx"}
+    assert set(read_members(path)) == {"manifest.json", "lib.so", "report.json", "model.onnx", "graph.json"}
 
 
 def test_run_checks_input_shape(squeezenet_pkg):

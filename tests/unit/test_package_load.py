@@ -495,7 +495,7 @@ def test_real_package_round_trip(tmp_path, capsys):
     pkg = sqcc.compile("mnist-8", target="host")
     path = pkg.export(tmp_path / "mnist.tar")
     again = load(path)
-    assert set(again.manifest["member_bytes"]) == {"lib.so", "report.json", "model.onnx"}
+    assert set(again.manifest["member_bytes"]) == {"lib.so", "report.json", "model.onnx", "graph.json"}
     assert again.manifest["member_bytes"]["lib.so"] == len(again.lib_bytes())
     x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     np.testing.assert_array_equal(pkg.run(x), again.run(x))
