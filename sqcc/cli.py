@@ -391,7 +391,7 @@ def cmd_bench(args):
     if args.rpc_tracker:
         from .remote import bench_remote, format_bench
 
-        r = bench_remote(pkg, args.rpc_tracker, args.rpc_key or "aarch64", repeat=args.repeat)
+        r = bench_remote(pkg, args.rpc_tracker, args.rpc_key or "aarch64", repeat=args.repeat, timeout=args.rpc_timeout)
         print(json.dumps(r, indent=1) if args.json else format_bench(r))
         return 0
     say(f"timing {args.repeat} runs" + (f", and {args.compare} in the same run, in 5 alternating blocks "
@@ -489,7 +489,8 @@ def cmd_tune(args):
     if args.rpc_tracker:
         from .remote import cross_builder, rpc_runner
 
-        runner = rpc_runner(args.rpc_tracker, args.rpc_key or spec.rpc_key or "aarch64")
+        runner = rpc_runner(args.rpc_tracker, args.rpc_key or spec.rpc_key or "aarch64",
+                            request_timeout=args.rpc_timeout)
         if spec.family == "arm_cpu":
             builder = cross_builder(spec.tvm())
     elif spec.family not in ("host",):
