@@ -56,14 +56,17 @@ def time_blocks(fns: dict, repeat: int, warmup: int, rounds: int = 5) -> dict:
     return {k: _stats(v) for k, v in times.items()}
 
 
+MAX_RUNS = 100_000  # more is not a measurement but a hang
+
+
 def benchmark_package(pkg, threads=None, repeat=50, warmup=5, compare=None, inputs=None) -> dict:
     from .targets import host
 
     for name, v in (("repeat", repeat), ("warmup", warmup), ("threads", threads)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
             raise SqccError(f"--{name} {v!r}: expected an integer")
-    if warmup < 0:
-        raise SqccError(f"--warmup {warmup}: must not be negative")
+    if warmup < 0 or warmup > MAX_RUNS or repeat > MAX_RUNS:
+        raise SqccError(f"--warmup {warmup} --repeat {repeat}: each must be in [0, {MAX_RUNS}]")
     if repeat < 30:
         raise SqccError(f"--repeat {repeat}: at least 30 timed runs are needed for a median")
     if threads is not None and threads < 1:

@@ -173,6 +173,9 @@ def _load_onnx(data: bytes, shown: str, input_shapes: dict) -> Model:
     for vi in graph_inputs:
         dims = _onnx_dims(vi)
         dtype = _input_dtype(vi, shown)
+        zero = [k for k, d in enumerate(vi.type.tensor_type.shape.dim) if d.HasField("dim_value") and d.dim_value == 0]
+        if zero:  # onnxruntime holds the model to it; an empty tensor is not an input to compile for
+            raise SqccError(f"{shown}: input '{vi.name}' declares axis {zero[0]} of size 0 (an empty tensor)")
         if vi.name in input_shapes:
             shape = tuple(input_shapes[vi.name])
             if dims is not None and len(dims) != len(shape):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import SqccError, one_line
+from .errors import SqccError, one_line, text_of
 
 
 def _check_inputs(model, inputs: dict) -> dict:
@@ -50,7 +50,11 @@ class OnnxRuntimeSession:
 
     def run(self, inputs: dict) -> list:
         feed = _check_inputs(self.model, inputs)
-        return [np.asarray(o) for o in self.sess.run(self.output_names, feed)]
+        try:
+            return [np.asarray(o) for o in self.sess.run(self.output_names, feed)]
+        except Exception as e:  # the model declares shapes its own graph or these inputs contradict
+            why = " ".join(text_of(e).split())  # onnxruntime spreads one reason over several lines
+            raise SqccError(f"{self.model.name}: onnxruntime cannot run the model: {why[:300]}") from e
 
 
 class LiteRTSession:
@@ -88,10 +92,13 @@ class LiteRTSession:
 
     def run(self, inputs: dict) -> list:
         feed = _check_inputs(self.model, inputs)
-        for name, x in feed.items():
-            self.interp.set_tensor(self.inputs[name], x)
-        self.interp.invoke()
-        return [np.array(self.interp.get_tensor(i)) for i in self.outputs]
+        try:
+            for name, x in feed.items():
+                self.interp.set_tensor(self.inputs[name], x)
+            self.interp.invoke()
+            return [np.array(self.interp.get_tensor(i)) for i in self.outputs]
+        except Exception as e:  # noqa: BLE001 -- a kernel the flatbuffer's shapes make fail
+            raise SqccError(f"{self.model.name}: LiteRT cannot run the model: {one_line(e)}") from e
 
 
 def reference_session(model, threads: int | None = None, spinning: bool = True):

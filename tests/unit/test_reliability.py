@@ -291,7 +291,31 @@ def test_benchmark_arguments_of_the_wrong_kind():
 
     pkg = sqcc.compile(_conv_model(1))
     for kwargs, why in (({"repeat": "2"}, "--repeat '2': expected an integer"),
-                        ({"warmup": -1}, "--warmup -1: must not be negative"),
+                        ({"warmup": -1}, r"--warmup -1 --repeat 50: each must be in \[0, 100000\]"),
+                        ({"repeat": 10 ** 20}, r"--repeat 100000000000000000000: each must be in"),
                         ({"threads": 1.5}, "--threads 1.5: expected an integer")):
         with pytest.raises(SqccError, match=why):
             pkg.benchmark(**kwargs)
+
+
+def test_an_input_declared_empty_is_refused_and_a_failed_reference_run_is_one_line(monkeypatch):
+    """run10k c00554: mnist-8 with input dim 0 = 0 went on as a 'dynamic batch', then onnxruntime
+    refused the run (an internal error); c00418: bench --repeat 10^20 ran for ever."""
+    m = _conv_model(1)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 0
+    with pytest.raises(SqccError, match=r"input 'x' declares axis 0 of size 0 \(an empty tensor\)"):
+        frontend.load(m, name="m")
+    import onnxruntime as ort
+
+    from sqcc.reference import OnnxRuntimeSession
+
+    model = frontend.load(_conv_model(1))
+    sess = OnnxRuntimeSession(model)
+
+    class Broken:
+        def run(self, *a):
+            raise ort.capi.onnxruntime_pybind11_state.InvalidArgument("Got invalid dimensions\n index: 0\n Fix it.")
+
+    sess.sess = Broken()
+    with pytest.raises(SqccError, match="onnxruntime cannot run the model: Got invalid dimensions index: 0 Fix it"):
+        sess.run(frontend.random_inputs(model))
