@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,14 @@ def load_image(path, pre: Preprocess, dtype: str = "float32", quant: dict | None
         raise SqccError(f"unknown image view '{view}' (one of {', '.join(VIEWS)})")
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            img = im.convert("L" if pre.mode in ("grey", "int8_bytes") or pre.size == (28, 28) else "RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's "maybe a bomb": refuse
+            with Image.open(path) as im:
+                im.load()
+                img = im.convert("L" if pre.mode in ("grey", "int8_bytes") or pre.size == (28, 28) else "RGB")
     except FileNotFoundError:
         raise SqccError(f"{path}: no such image") from None
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         pixels = re.search(r"\((\d+) pixels\)", one_line(e))
         size = f"{pixels.group(1)} pixels" if pixels else one_line(e)
         raise SqccError(f"{path}: image too large to decode ({size})") from None
