@@ -376,6 +376,9 @@ def test_tracker_restart_survived_by_status(farm_up):
     old = st["procs"][0]
     os.kill(old["pid"], signal.SIGKILL)
     assert _gone(old["pgid"]), "the tracker's worker outlived its killed process"
+    deadline = time.monotonic() + 20  # the kernel closes the listening socket with its last holder
+    while farm.port_open("127.0.0.1", port, 0.5) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not farm.port_open("127.0.0.1", port, 0.5)
     p = _cli("farm", "status", timeout=120)
     assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr

@@ -30,7 +30,9 @@ N = len(KNOWN) + len(PLAN)
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("fuzz-smoke")
-    camp = Campaign(out, seed=SEED, time_limit=60.0, mem_bytes=6 << 30, jobs=1, plan=PLAN,
+    # subprocess, not fork: this pytest worker may have started TVM's thread pool (an earlier test file
+    # ran a model), and a forked child of it deadlocks in its first parallel kernel
+    camp = Campaign(out, seed=SEED, time_limit=60.0, mem_bytes=6 << 30, jobs=1, plan=PLAN, mode="subprocess",
                     progress=lambda m: None)
     recs = {r["index"]: r for r in camp.run(N)}
     assert sorted(recs) == list(range(N))
